@@ -1,0 +1,22 @@
+"""Verifiable rewards: `get_verifier(name_or_import_path)` returns a TRL reward function.
+
+See docs/verifiers.md for the verifier table, the dataset columns each needs, the sandbox and
+what it does not protect against. Modules: `extract` (answer extraction), one module per
+verifier kind (`exact`, `numeric`, `regex`, `math_equiv`, `code`, `sql`, `json_schema`,
+`format`), `sandbox` (running untrusted code), `pool` (parallel scoring with deadlines),
+`base` (the fail-safe reward-function wrapper) and `registry` (names, import paths, routing).
+"""
+
+from rlsd.verifiers.base import RewardFunction
+from rlsd.verifiers.extract import completion_text, extract_answer
+from rlsd.verifiers.registry import VERIFIERS, RoutedReward, get_verifier, register_verifier
+
+__all__ = [
+    "VERIFIERS",
+    "RewardFunction",
+    "RoutedReward",
+    "completion_text",
+    "extract_answer",
+    "get_verifier",
+    "register_verifier",
+]
