@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,6 +88,7 @@ def test_group_advantages_batch_scale_ignores_nan():
 def test_group_advantages_accepts_integer_rewards_and_group_size_one():
     close(group_advantages(torch.tensor([1, 0]), 2), [0.7071058, -0.7071058])
     assert torch.equal(group_advantages([1.0, 0.0, 3.0], 1), torch.zeros(3))
+    close(group_advantages(np.array([1.0, 0.0, 0.0, 0.0]), np.int64(4)), [1.5, -0.5, -0.5, -0.5])
 
 
 def test_group_advantages_errors():
@@ -125,6 +127,7 @@ def test_lambda_schedule_warmup_and_constant():
     assert lambda_at(1000, decay_steps=0) == 0.5
     assert lambda_at(1000, decay_steps=None) == 0.5
     assert lambda_at(2, decay_steps=None, warmup_steps=4) == pytest.approx(0.25)
+    assert lambda_at(np.int64(25)) == pytest.approx(0.25)  # any integral step
 
 
 @pytest.mark.parametrize(
@@ -402,6 +405,13 @@ def test_clipped_policy_loss_ratio_clamp_and_padding():
     assert loss.item() == 0.0 and loss.requires_grad and metrics["clip/low_ratio"] == 0.0
 
 
+def test_clipped_policy_loss_is_float32_for_bfloat16_inputs():
+    logp_new, logp_old, adv, mask = policy_example()
+    loss, _ = clipped_policy_loss(logp_new.detach().bfloat16(), logp_old.bfloat16(), adv, mask)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(1.02 / 5, rel=1e-2)  # bf16 rounding of the log-probs
+
+
 def test_clipped_policy_loss_validation():
     logp_new, logp_old, adv, mask = policy_example()
     with pytest.raises(ValueError, match="max_len"):
@@ -502,6 +512,20 @@ def test_generalized_jsd_temperature_and_gradient_only_to_student():
     assert teacher.grad is None
     # d KL(T||S) / d z_S = (p_S - p_T) / temperature = ([0.5, 0.5] - [0.75, 0.25]) / 2.
     close(student.grad[0, 0], [-0.125, 0.125])
+
+
+def test_generalized_jsd_handles_minus_inf_logits():
+    # A third vocabulary entry banned (-inf) in both: p = 0 there, so every value equals the
+    # V = 2 hand example, and the backward stays finite.
+    student, teacher = jsd_example()
+    student = torch.cat([student, torch.full((1, 1, 1), -INF)], dim=-1).requires_grad_(True)
+    teacher = torch.cat([teacher, torch.full((1, 1, 1), -INF)], dim=-1)
+    for beta, expected in ((0.0, KL_T_S), (1.0, KL_S_T), (0.5, 0.5 * KL_T_M + 0.5 * KL_S_M)):
+        student.grad = None
+        value = generalized_jsd(student, teacher, torch.ones(1, 1), beta=beta)
+        assert value.item() == pytest.approx(expected, rel=1e-5)
+        value.backward()
+        assert torch.isfinite(student.grad).all()
 
 
 def test_generalized_jsd_empty_mask_and_validation():

@@ -29,6 +29,7 @@ Choices the spec leaves open, made here and documented where they occur:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -186,8 +187,13 @@ def group_advantages(
     rewards_N = torch.as_tensor(rewards).detach().to(torch.float64)
     if rewards_N.dim() != 1:
         raise ValueError(f"rewards must be 1-D [N], got shape {tuple(rewards_N.shape)}")
-    if not isinstance(group_size, int) or group_size < 1:
+    if (
+        isinstance(group_size, bool)
+        or not isinstance(group_size, numbers.Integral)
+        or group_size < 1
+    ):
         raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    group_size = int(group_size)
     n_total = rewards_N.numel()
     if n_total % group_size != 0:
         raise ValueError(
@@ -237,7 +243,7 @@ def lambda_at(
     * ``decay_steps = 0`` or ``None``: no decay, ``lam_k = lam0`` after the warmup (the spec's
       "constant lambda" option).
     """
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 1:
         raise ValueError(
             f"step is the 1-based optimiser step and must be an int >= 1, got {step!r}"
         )
@@ -407,7 +413,7 @@ def clipped_policy_loss(
         max_len: the constant length for ``"seq_sum_norm"`` (required there).
 
     Returns:
-        ``(loss, metrics)``: ``loss`` a scalar tensor; ``metrics`` the shares of masked tokens
+        ``(loss, metrics)``: ``loss`` a float32 scalar tensor; ``metrics`` the shares of masked tokens
         where a clip is active (its gradient is zero): ``clip/low_ratio`` (``A_hat < 0`` and
         ``rho < 1 - eps_low``), ``clip/high_ratio`` (``A_hat > 0`` and ``rho > 1 + eps_high``),
         ``clip/dual_ratio`` (``A_hat < 0`` and the dual bound is taken).
@@ -433,9 +439,12 @@ def clipped_policy_loss(
         raise ValueError(f"advantages must be [B] or [B, T], got shape {tuple(advantages.shape)}")
 
     mask_BT = mask != 0
-    adv_BT = advantages.detach().to(logp_new.dtype).expand_as(logp_new)
+    logp_new = logp_new.float()  # the loss is computed in float32 whatever the model's dtype
+    adv_BT = advantages.detach().float().expand_as(logp_new)
     # Padded positions may hold -inf - -inf = NaN: zero them before exp so no NaN reaches a grad.
-    log_ratio = torch.where(mask_BT, logp_new - logp_old.detach(), torch.zeros_like(logp_new))
+    log_ratio = torch.where(
+        mask_BT, logp_new - logp_old.detach().float(), torch.zeros_like(logp_new)
+    )
     rho = torch.exp(log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP))
     loss_unclipped = -adv_BT * rho
     loss_clipped = -adv_BT * rho.clamp(1.0 - eps_low, 1.0 + eps_high)
@@ -476,10 +485,18 @@ def clipped_policy_loss(
 
 
 def _kl_rows(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """``KL(p || q) = sum_v p (log p - log q)`` over the last dim, with ``0 log 0 = 0``."""
-    p = logp.exp()
-    terms = torch.where(p > 0, p * (logp - logq), torch.zeros_like(p))
-    return terms.sum(dim=-1)
+    """``KL(p || q) = sum_v p (log p - log q)`` over the last dim, for finite log-probs."""
+    return (logp.exp() * (logp - logq)).sum(dim=-1)
+
+
+def _finite_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``log_softmax(logits / temperature)`` in float32, with -inf raised to float32's min.
+
+    A -inf logit (a banned token) has probability exactly 0 either way, but left at -inf it
+    makes ``0 * (-inf - -inf)`` and the logsumexp of two -inf, both NaN in the backward.
+    """
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)
+    return logp.clamp_min(torch.finfo(torch.float32).min)
 
 
 def generalized_jsd(
@@ -510,7 +527,7 @@ def generalized_jsd(
     Returns:
         Scalar float32: the sum of per-token divergences over masked positions divided by their
         count (0 with a valid graph when the mask is empty). The mixture is formed in log space
-        with ``logsumexp``.
+        with ``logsumexp``; -inf logits (probability 0) are allowed.
     """
     _check_unit_interval("beta", beta)
     if temperature <= 0:
@@ -527,8 +544,8 @@ def generalized_jsd(
 
     mask_BT = mask != 0
     # Select the scored positions first: padded logits never enter the forward or the backward.
-    logp_s_NV = F.log_softmax(student_logits[mask_BT].float() / temperature, dim=-1)
-    logp_t_NV = F.log_softmax(teacher_logits.detach()[mask_BT].float() / temperature, dim=-1)
+    logp_s_NV = _finite_log_softmax(student_logits[mask_BT], temperature)
+    logp_t_NV = _finite_log_softmax(teacher_logits.detach()[mask_BT], temperature)
 
     if beta == 0.0:
         jsd_N = _kl_rows(logp_t_NV, logp_s_NV)
