@@ -1,0 +1,186 @@
+"""`RLSDConfig`: TRL's `GRPOConfig` plus the RLSD knobs, with the paper's defaults.
+
+A comparison between algorithms differs in the single field `algorithm`; everything else
+(data, model, seeds, step budget, sampling, optimiser) stays as configured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from rlsd.teacher import DEFAULT_TEACHER_TEMPLATE
+
+ALGORITHMS = ("rlsd", "grpo", "opsd", "grpo_opsd", "opd")
+# Algorithms whose policy-gradient term carries per-token advantages `[B, T]`.
+PER_TOKEN_ADVANTAGES = ("rlsd",)
+# TRL loss types that accept `[B, T]` advantages token by token (vespo and luspo reduce the
+# advantage per sequence and would silently discard the token weights).
+TOKEN_LEVEL_LOSSES = ("dapo", "grpo", "bnpo", "dr_grpo", "cispo", "sapo")
+
+
+@dataclass
+class RLSDConfig(GRPOConfig):
+    r"""Configuration of [`RLSDTrainer`]: every `GRPOConfig` field plus the ones below.
+
+    Defaults reproduce the paper's released training code (spec sections 2-4): token-mean loss
+    (`loss_type="dapo"`), PPO clip 0.2 / 0.28, dual clip 3.0 (`delta`), no KL (`beta=0`),
+    8 generations per prompt, `eps_w = 0.2`, lambda 0.5 decaying linearly to 0 over 50 steps,
+    and a teacher snapshot refreshed every 10 optimiser steps.
+    """
+
+    algorithm: str = field(
+        default="rlsd",
+        metadata={
+            "help": "One of 'rlsd' (default), 'grpo', 'opsd', 'grpo_opsd', 'opd' (spec section 5). "
+            "'opd' needs `teacher_model_name_or_path`."
+        },
+    )
+    rlsd_lambda: float = field(
+        default=0.5,
+        metadata={"help": "lam_0, the initial weight of the teacher's evidence (spec section 2.4)."},
+    )
+    rlsd_lambda_decay_steps: int = field(
+        default=50,
+        metadata={
+            "help": "Optimiser steps over which lambda decays linearly to 0 (paper: 50). "
+            "0 keeps lambda constant at `rlsd_lambda`."
+        },
+    )
+    rlsd_lambda_warmup_steps: int = field(
+        default=0,
+        metadata={"help": "Steps during which lambda rises linearly from 0 to lam_0 (default 0)."},
+    )
+    rlsd_eps_w: float = field(
+        default=0.2,
+        metadata={"help": "Clip range of the token weight w to [1 - eps_w, 1 + eps_w] (paper: 0.2)."},
+    )
+    rlsd_negative_only: bool = field(
+        default=False,
+        metadata={"help": "Reweight only responses with A < 0; A >= 0 keeps A_hat = A."},
+    )
+    rlsd_student_logp: str = field(
+        default="old",
+        metadata={
+            "help": "Student log-prob in delta: 'old' (rollout-time policy, the released code) or "
+            "'current' (recomputed at loss time: one extra forward per micro-batch). Equal with "
+            "one optimiser step per rollout batch."
+        },
+    )
+    teacher_sync_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Refresh the teacher snapshot every N optimiser steps (paper: 10; the released "
+            "script: 20). 0 = never (fixed initial policy), 1 = live policy weights without a "
+            "copy. Default: 10 for rlsd, 0 for opsd and grpo_opsd (the OPSD paper)."
+        },
+    )
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "The separate teacher of 'opd' (must share the student's tokenizer)."},
+    )
+    teacher_template: str = field(
+        default=DEFAULT_TEACHER_TEMPLATE,
+        metadata={
+            "help": "Teacher prompt template with {question} and {privileged} (spec section 4). "
+            "A `teacher_prompt` column in the data replaces the whole teacher prompt."
+        },
+    )
+    teacher_instruction: str = field(
+        default="",
+        metadata={"help": "The task's answer-format instruction appended after the template."},
+    )
+    teacher_max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "Keep at most this many (last) tokens of the teacher prompt."},
+    )
+    opsd_divergence: str = field(
+        default="jsd",
+        metadata={
+            "help": "OPSD/OPD loss: 'jsd' (generalised Jensen-Shannon over the vocabulary, "
+            "default), 'forward_kl', 'reverse_kl', or 'sampled_token' (A_hat = delta in the "
+            "policy-gradient loss)."
+        },
+    )
+    opsd_beta: float = field(
+        default=0.5,
+        metadata={"help": "Interpolation of the generalised JSD (0.5 = symmetric JSD)."},
+    )
+    grpo_opsd_alpha: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of the OPSD term in 'grpo_opsd' (not given in the paper; 1.0 is our "
+            "choice)."
+        },
+    )
+    log_privileged: bool = field(
+        default=False,
+        metadata={"help": "Allow privileged context into logs and sample files (off by default)."},
+    )
+
+    # Paper defaults that differ from TRL's (spec section 3).
+    epsilon_high: float | None = field(
+        default=0.28, metadata={"help": "Upper PPO clip (paper: 0.28, clip-higher)."}
+    )
+    delta: float | None = field(
+        default=3.0, metadata={"help": "Dual-clip constant c_dual for A < 0 (paper: 3.0)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}.")
+        if self.teacher_sync_steps is None:
+            self.teacher_sync_steps = 0 if self.algorithm in ("opsd", "grpo_opsd") else 10
+        if self.teacher_sync_steps < 0:
+            raise ValueError("teacher_sync_steps must be >= 0 (0 = never refresh, 1 = live weights).")
+        if not 0.0 < self.rlsd_eps_w < 1.0:
+            raise ValueError(f"rlsd_eps_w must be in (0, 1), got {self.rlsd_eps_w}.")
+        if self.rlsd_lambda < 0 or self.rlsd_lambda_decay_steps < 0 or self.rlsd_lambda_warmup_steps < 0:
+            raise ValueError("rlsd_lambda, rlsd_lambda_decay_steps and rlsd_lambda_warmup_steps must be >= 0.")
+        if self.rlsd_student_logp not in ("old", "current"):
+            raise ValueError("rlsd_student_logp must be 'old' or 'current'.")
+        if self.opsd_divergence not in ("jsd", "forward_kl", "reverse_kl", "sampled_token"):
+            raise ValueError(
+                "opsd_divergence must be 'jsd', 'forward_kl', 'reverse_kl' or 'sampled_token'."
+            )
+        if not 0.0 <= self.opsd_beta <= 1.0:
+            raise ValueError(f"opsd_beta must be in [0, 1], got {self.opsd_beta}.")
+        if self.algorithm == "opd" and not self.teacher_model_name_or_path:
+            raise ValueError("algorithm='opd' needs `teacher_model_name_or_path` (a separate teacher).")
+        if self.algorithm != "opd" and self.teacher_model_name_or_path:
+            raise ValueError(
+                "`teacher_model_name_or_path` is only used by algorithm='opd'; the self-teacher of "
+                f"{self.algorithm!r} is the policy itself. Remove it or set algorithm='opd'."
+            )
+        if self.uses_token_advantages and self.loss_type not in TOKEN_LEVEL_LOSSES:
+            raise ValueError(
+                f"loss_type={self.loss_type!r} reduces advantages per sequence and would discard "
+                f"RLSD's per-token weights; use one of {TOKEN_LEVEL_LOSSES} (paper: 'dapo')."
+            )
+        liger = self.liger_kernel_config or {}
+        if self.uses_token_advantages and (
+            getattr(self, "use_liger_loss", False) or liger.get("fused_linear_cross_entropy")
+        ):
+            raise ValueError(
+                "Liger's fused GRPO loss takes one advantage per sequence; it cannot apply RLSD's "
+                "per-token advantages. Disable the Liger loss."
+            )
+
+    @property
+    def uses_token_advantages(self) -> bool:
+        return self.algorithm in PER_TOKEN_ADVANTAGES or (
+            self.algorithm in ("opsd", "opd") and self.opsd_divergence == "sampled_token"
+        )
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.algorithm != "grpo"
+
+    @property
+    def vocab_distillation(self) -> bool:
+        """Whether the loss has a full-vocabulary divergence term (opsd/opd/grpo_opsd)."""
+        return self.algorithm == "grpo_opsd" or (
+            self.algorithm in ("opsd", "opd") and self.opsd_divergence != "sampled_token"
+        )

@@ -1,0 +1,73 @@
+"""The `Task` interface shared by the built-in tasks."""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+# Compact teacher template for the built-in tasks. The spec's English template works too,
+# but for a character-level model it would triple the teacher's input length. The question
+# stays last so that the student and teacher contexts end identically (`...=`) and the
+# sampled response continues both in the same way.
+TASK_TEACHER_TEMPLATE = "R:{privileged}\n{question}"
+
+# Seeds of the two splits are derived from the user's seed with disjoint offsets, and
+# training problems that also occur in the eval split are dropped, so the held-out set
+# is truly held out.
+_SPLIT_OFFSET = {"train": 0, "eval": 1_000_003}
+
+
+@dataclass(frozen=True)
+class Problem:
+    question: str  # what the student sees, e.g. "Q:7+3-5+8="
+    solution: str  # the worked reference solution, ending with "A:<answer>"
+    answer: str
+
+
+class Task(ABC):
+    """A generator of verifiable problems with worked reference solutions."""
+
+    name: str = "task"
+    max_completion_length: int = 40
+    teacher_template: str = TASK_TEACHER_TEMPLATE
+
+    @abstractmethod
+    def sample(self, rng: random.Random) -> Problem:
+        """Draw one problem."""
+
+    def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
+        """`n` distinct problems of `split` ("train" or "eval"), deterministic in `seed`."""
+        if split not in _SPLIT_OFFSET:
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        held_out: set[str] = set()
+        if split == "train":
+            held_out = {p.question for p in self.problems("eval", 1000, seed)}
+        rng = random.Random(seed * 7919 + _SPLIT_OFFSET[split])
+        out: list[Problem] = []
+        seen: set[str] = set()
+        attempts = 0
+        while len(out) < n:
+            attempts += 1
+            if attempts > 50 * n + 10_000:
+                raise ValueError(f"{self.name}: cannot draw {n} distinct problems for {split!r}")
+            p = self.sample(rng)
+            if p.question in seen or p.question in held_out:
+                continue
+            seen.add(p.question)
+            out.append(p)
+        return out
+
+
+def make_rows(problems: list[Problem], privileged: str = "solution") -> list[dict]:
+    """Dataset rows for `problems`; `privileged` is "solution" (default) or "answer"."""
+    if privileged not in ("solution", "answer"):
+        raise ValueError(f"privileged must be 'solution' or 'answer', got {privileged!r}")
+    return [
+        {
+            "prompt": [{"role": "user", "content": p.question}],
+            "answer": p.answer,
+            "privileged_context": p.solution if privileged == "solution" else f"A:{p.answer}",
+        }
+        for p in problems
+    ]
