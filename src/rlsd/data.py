@@ -142,9 +142,19 @@ def validate_rows(rows: Iterable[dict[str, Any]], source: str = "<data>") -> lis
     rows = list(rows)
     if not rows:
         return [f"{source}: no rows"]
+    first_kind: tuple[int, bool] | None = None  # (row, is chat) of the first valid prompt
     for index, row in enumerate(rows, start=1):
         where = _where(source, index, row)
         prompt = row.get("prompt")
+        if isinstance(prompt, (str, list)) and not _empty(prompt):
+            if first_kind is None:
+                first_kind = (index, isinstance(prompt, list))
+            elif first_kind[1] != isinstance(prompt, list):
+                kinds = ("text", "chat messages")
+                errors.append(
+                    f"{where}: column 'prompt' is {kinds[isinstance(prompt, list)]} but row "
+                    f"{first_kind[0]} is {kinds[first_kind[1]]}; use one kind for the whole file"
+                )
         if "prompt" not in row:
             errors.append(f"{where}: column 'prompt' is missing")
         elif _empty(prompt):
