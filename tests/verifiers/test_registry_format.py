@@ -68,7 +68,10 @@ def test_called_with_trl_keyword_arguments():
     """TRL passes prompts, completions, completion_ids, every dataset column and extras."""
     fn = get_verifier("exact")
     prompts = [[{"role": "user", "content": "7+3?"}]] * 2
-    completions = [[{"role": "assistant", "content": "A:10"}], [{"role": "assistant", "content": "A:9"}]]
+    completions = [
+        [{"role": "assistant", "content": "A:10"}],
+        [{"role": "assistant", "content": "A:9"}],
+    ]
     rewards = fn(
         prompts=prompts, completions=completions, completion_ids=[[1], [2]],
         answer=["10", "10"], difficulty=[1, 2], trainer_state=object(),

@@ -39,7 +39,9 @@ def score_regex(
     """1.0 when the answer (or, with `search`, the completion) matches the pattern."""
     source = pattern if pattern is not None else row.get("answer")
     if not isinstance(source, str):
-        raise ValueError(f"regex needs a pattern= option or a string 'answer' column, got {source!r}")
+        raise ValueError(
+            f"regex needs a pattern= option or a string 'answer' column, got {source!r}"
+        )
     compiled = _compile(source, flags)
     if search:
         return float(compiled.search(completion[-max_chars:]) is not None)

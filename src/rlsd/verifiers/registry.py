@@ -59,7 +59,9 @@ def _load(path: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"cannot import module '{module_name}' for verifier {path!r}: {exc}") from exc
+        raise ValueError(
+            f"cannot import module '{module_name}' for verifier {path!r}: {exc}"
+        ) from exc
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -146,7 +148,9 @@ class RoutedReward:
         self._own_errors.append(f"exception: {message}")
         if name not in self._warned:
             self._warned.add(name)
-            warnings.warn(f"routed reward: {message}; those rows score {self.failure_score}", stacklevel=3)
+            warnings.warn(
+                f"routed reward: {message}; those rows score {self.failure_score}", stacklevel=3
+            )
 
     def __call__(
         self,
