@@ -78,3 +78,14 @@ def test_fail_safe_reward_counts_and_scores_failures():
     assert safe.pop_failures() == {}
     excluded = fail_safe(flaky, on_error=None)
     assert excluded(prompts=["p"], completions=["abc"]) == [None]
+
+
+def test_paths_task_reference_is_one_valid_order():
+    orders_differ = 0
+    for p in get_task("paths").problems("train", 300, 0):
+        terms = sorted(int(x) for x in p.question[2:-1].split("+"))
+        steps = p.solution.split(";")[:-1]
+        used = [int(steps[0].split("+")[0])] + [int(s.split("+")[1].split("=")[0]) for s in steps]
+        assert sorted(used) == terms and int(p.answer) == sum(terms)
+        orders_differ += used != [int(x) for x in p.question[2:-1].split("+")]
+    assert orders_differ > 100  # the reference often takes another order than the question's

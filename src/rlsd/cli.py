@@ -247,17 +247,37 @@ def sft_main(argv: list[str]) -> dict:
     return summary
 
 
-COMMANDS = {"train": train_main, "eval": eval_main, "sft": sft_main}
+def compare_main(argv: list[str]):
+    from rlsd.compare import main as compare
+
+    return compare(argv)
+
+
+def credit_main(argv: list[str]):
+    from rlsd.reports.credit import main as credit
+
+    return credit(argv)
+
+
+COMMANDS = {
+    "train": train_main,
+    "eval": eval_main,
+    "sft": sft_main,
+    "compare": compare_main,
+    "credit": credit_main,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(
-            "usage: rlsd {train,eval,sft} [...]\n\n"
+            "usage: rlsd {train,eval,sft,compare,credit} [...]\n\n"
             "  train [CONFIG.yaml] [--key value ...]  train RLSD (default: built-in task, tiny model)\n"
             "  eval  [MODEL] [--dataset_path F]        held-out accuracy and pass@k\n"
             "  sft   [--output_dir D]                  rebuild the warm-started tiny model\n"
+            "  compare [--quick] [--algorithms ...]     algorithms side by side over seeds\n"
+            "  credit  [MODEL] [--output D]             per-token credit page (HTML + PNG)\n"
         )
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     COMMANDS[argv[0]](argv[1:])

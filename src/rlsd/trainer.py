@@ -350,12 +350,9 @@ class RLSDTrainer(GRPOTrainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        failures = defaultdict(float)
-        for func in self.reward_funcs:
-            for reason, count in getattr(func, "pop_failures", lambda: {})().items():
-                failures[reason] += count
-        for reason, count in failures.items():
-            self._metrics[mode][f"reward_failures/{reason}"].append(count)
+        for func, name in zip(self.reward_funcs, self.reward_func_names):
+            for reason, count in getattr(func, "pop_failures", dict)().items():
+                self._metrics[mode][f"verifiers/{name}/{reason}"].append(float(count))
         super().log(logs, start_time)
 
     # -------------------------------------------------------------------------- checkpoints

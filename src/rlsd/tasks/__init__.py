@@ -14,17 +14,18 @@ assignment matters, while staying learnable by a 1M-parameter character-level mo
 from __future__ import annotations
 
 from rlsd.tasks.base import Problem, Task, make_rows
-from rlsd.tasks.tasks import ArithmeticTask, CountingTask, MixedTask
+from rlsd.tasks.tasks import ArithmeticTask, CountingTask, MixedTask, PathsTask
 
 TASKS: dict[str, type[Task]] = {
     "arithmetic": ArithmeticTask,
     "counting": CountingTask,
+    "paths": PathsTask,
     "mixed": MixedTask,
 }
 
 
 def get_task(name: str) -> Task:
-    """Return a built-in task by name (`arithmetic`, `counting` or `mixed`)."""
+    """Return a built-in task by name (`arithmetic`, `counting`, `paths` or `mixed`)."""
     if name not in TASKS:
         raise ValueError(f"Unknown built-in task {name!r}; choose one of {sorted(TASKS)}.")
     return TASKS[name]()

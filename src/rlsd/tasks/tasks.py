@@ -8,7 +8,12 @@
   letter in a short word with a running tally, then subtract:
   `C:b|abbcb-1=` -> `a0b1b2c2b3;3-1=2;A:2`. The decisive steps are the tally increments
   and the final subtraction; the letters copied in between are filler.
-- `mixed`: either, with equal probability (what the shipped model is warm-started on).
+- `paths`: add 3-4 single-digit numbers in any order; several solution paths are valid:
+  `S:3+8+5=` -> `3+5=8;8+8=16;A:16` or `8+5=13;13+3=16;A:16`, ... . The reference shows one
+  order, so a correct response usually differs from it: only here does the positive half of
+  RLSD (reweighting correct answers) carry a signal beyond "copy the reference".
+- `mixed`: any of the three, with equal probability (what the shipped model is warm-started
+  on).
 """
 
 from __future__ import annotations
@@ -65,12 +70,31 @@ class CountingTask(Task):
         return Problem(f"C:{target}|{word}-{minus}=", solution, answer)
 
 
+class PathsTask(Task):
+    name = "paths"
+    max_completion_length = 40
+
+    def __init__(self, min_terms: int = 3, max_terms: int = 4):
+        self.min_terms, self.max_terms = min_terms, max_terms
+
+    def sample(self, rng: random.Random) -> Problem:
+        terms = [rng.randint(0, 9) for _ in range(rng.randint(self.min_terms, self.max_terms))]
+        order = terms[:]
+        rng.shuffle(order)  # the reference takes one of the valid orders
+        steps, value = [], order[0]
+        for x in order[1:]:
+            steps.append(f"{value}+{x}={value + x}")
+            value += x
+        question = "S:" + "+".join(map(str, terms)) + "="
+        return Problem(question, ";".join(steps) + f";A:{value}", str(value))
+
+
 class MixedTask(Task):
     name = "mixed"
     max_completion_length = 40
 
     def __init__(self):
-        self.parts = [ArithmeticTask(), CountingTask()]
+        self.parts = [ArithmeticTask(), CountingTask(), PathsTask()]
 
     def sample(self, rng: random.Random) -> Problem:
         return rng.choice(self.parts).sample(rng)

@@ -1,0 +1,55 @@
+"""Fails loudly if the TRL internals RLSDTrainer relies on change (rlsd pins TRL 1.16.x)."""
+
+import inspect
+
+import trl
+from packaging.version import Version
+from trl import GRPOConfig, GRPOTrainer
+
+from rlsd import RLSDTrainer
+
+
+def test_trl_minor_version_is_the_pinned_one():
+    assert Version(trl.__version__).release[:2] == (1, 16), (
+        f"rlsd is built against TRL 1.16.x, found {trl.__version__}: re-check the overridden "
+        "internals listed in rlsd/trainer.py, then update the pin in pyproject.toml"
+    )
+
+
+def _params(fn):
+    return list(inspect.signature(fn).parameters)
+
+
+def test_overridden_methods_keep_their_signatures():
+    expected = {
+        "_generate_and_score_completions": ["self", "inputs"],
+        "_calculate_rewards": ["self", "inputs", "prompts", "completions", "completion_ids_list"],
+        "_generate": ["self", "prompts"],
+        "_compute_loss": ["self", "model", "inputs"],
+        "_save_checkpoint": ["self", "model", "trial"],
+        "_load_optimizer_and_scheduler": ["self", "checkpoint"],
+        "training_step": ["self", "model", "inputs", "num_items_in_batch"],
+    }
+    for name, params in expected.items():
+        assert hasattr(GRPOTrainer, name), f"TRL removed GRPOTrainer.{name}"
+        assert _params(getattr(GRPOTrainer, name)) == params, f"GRPOTrainer.{name} changed signature"
+        assert name in RLSDTrainer.__dict__
+    logps = _params(GRPOTrainer._get_per_token_logps_and_entropies)
+    assert logps[:6] == ["self", "model", "input_ids", "attention_mask", "logits_to_keep", "batch_size"]
+
+
+def test_trl_internals_we_read_still_exist():
+    source = inspect.getsource(GRPOTrainer._compute_loss)
+    # 2-D advantages are accepted as they are (only 1-D ones are unsqueezed)
+    assert "if advantages.dim() == 1:" in source
+    # the dual clip is TRL's `delta`, the upper clip `epsilon_high`, dapo normalises by num_items_in_batch
+    assert "coef_1 = torch.clamp(coef_1, max=self.args.delta)" in source
+    assert 'inputs["num_items_in_batch"]' in source
+    out_source = inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    for key in ('"completion_ids"', '"completion_mask"', '"advantages"', '"prompt_ids"', '"old_per_token_logps"'):
+        assert key in out_source, key
+    fields = GRPOConfig.__dataclass_fields__
+    for name in ("delta", "epsilon_high", "loss_type", "scale_rewards", "num_generations", "temperature"):
+        assert name in fields
+    for attr in ("_metrics", "_logs", "reward_weights", "multi_objective_aggregation"):
+        assert attr in inspect.getsource(GRPOTrainer.__init__), attr
