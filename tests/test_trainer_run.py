@@ -131,3 +131,31 @@ def test_resume_restores_step_config_teacher_and_lambda(tiny_path, tmp_path):
     lambdas = [r["rlsd/lambda"] for r in second.state.log_history if "rlsd/lambda" in r]
     assert lambdas[0] == pytest.approx(lambda_at(3))  # the lambda step continues from 2
     assert second._teacher_synced_at == 3  # refreshed at step 3 after resuming
+
+
+def test_peft_teacher_is_a_snapshot_adapter(tiny_path, tmp_path):
+    from peft import LoraConfig
+
+    task = get_task("arithmetic")
+    config = RLSDConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=32, num_generations=8, max_steps=3,
+        max_completion_length=task.max_completion_length, learning_rate=1e-3, logging_steps=1,
+        report_to="none", use_cpu=True, save_strategy="no", teacher_template=task.teacher_template,
+        teacher_sync_steps=2,
+    )
+    trainer = RLSDTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_path),
+        reward_funcs=get_verifier("exact"), args=config,
+        train_dataset=to_dataset(make_rows(task.problems("train", 128, 0))),
+        processing_class=AutoTokenizer.from_pretrained(tiny_path),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    assert trainer.teacher_model is None and trainer._uses_teacher_adapter()
+    trainer.train()
+    params = dict(trainer.model.named_parameters())
+    teacher = {n: p for n, p in params.items() if ".rlsd_teacher." in n}
+    assert teacher and not any(p.requires_grad for p in teacher.values())
+    # synced at step 2, then the policy adapter moved on at step 3
+    assert trainer._teacher_synced_at == 2
+    diffs = [not torch.equal(p, params[n.replace(".rlsd_teacher.", ".default.")]) for n, p in teacher.items()]
+    assert any(diffs)

@@ -99,7 +99,7 @@ class RLSDTrainer(GRPOTrainer):
         else:
             policy = self.accelerator.unwrap_model(self.model)
             teacher = AutoModelForCausalLM.from_config(policy.config, dtype=policy.dtype)
-            teacher.load_state_dict(policy.state_dict(), strict=False)
+            teacher.load_state_dict(policy.state_dict())
         teacher.requires_grad_(False)
         teacher.eval()
         if args.disable_dropout:
@@ -262,11 +262,10 @@ class RLSDTrainer(GRPOTrainer):
         else:  # opsd / opd, sampled-token variant: A_hat = delta
             a_hat = sampled_token_distill_advantages(logp_student, logp_teacher, mask)
             stats = {"rlsd/delta_mean": float((a_hat * mask).sum() / mask.sum().clamp(min=1))}
-        for name, value in stats.items():
-            if name == "rlsd/lambda":
-                continue
-            gathered = self.accelerator.gather(torch.tensor([value], device=self.accelerator.device))
-            self._metrics[mode][name].append(gathered.mean().item())
+        stats.pop("rlsd/lambda", None)  # logged above, also for skipped steps
+        values = torch.tensor([list(stats.values())], device=self.accelerator.device)
+        for name, value in zip(stats, self.accelerator.gather(values).mean(0).tolist()):
+            self._metrics[mode][name].append(value)
         output["advantages"] = a_hat.to(advantages_B.dtype)
         if args.rlsd_student_logp == "current" and args.algorithm == "rlsd":
             output["rlsd_advantages_B"] = advantages_B
