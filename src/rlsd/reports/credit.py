@@ -313,7 +313,10 @@ h1{font-size:1.35em;margin:16px 0 6px}
 h2{font-size:1.05em;margin:0 0 8px}
 .summary{border-collapse:collapse;font-size:.9em;margin:6px 0 10px}
 .summary td{padding:2px 14px 2px 0}.summary td:first-child{color:#555}
-.views{margin:6px 0}.views label{margin-right:18px;cursor:pointer}
+.views{margin:6px 0}.views label{margin-right:10px;cursor:pointer;padding:2px 8px;
+border:1px solid #bbb;border-radius:12px;color:#555}
+#view-credit:checked ~ header label[for=view-credit],
+#view-raw:checked ~ header label[for=view-raw]{background:#333;color:#fff;border-color:#333}
 .legend{display:flex;align-items:center;gap:8px;font-size:.85em;margin:4px 0 12px}
 .sw{display:inline-block;width:34px;height:18px;border:1px solid #bbb}
 .legend-raw{display:none}
@@ -483,8 +486,8 @@ def render_html(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
         "The teacher is the same model shown the privileged context. Hover a token for "
         "delta, w and A_hat.</p>"
         f'<table class="summary">{table}</table>'
-        '<div class="views">View: <label for="view-credit">&#9673; A_hat / A (clipped, what '
-        'training uses)</label><label for="view-raw">&#9673; sign(A)&middot;delta (unclipped '
+        '<div class="views">View: <label for="view-credit">A_hat / A (clipped, what '
+        'training uses)</label><label for="view-raw">sign(A)&middot;delta (unclipped '
         "evidence)</label></div></header>"
         f"{_legend(meta)}"
         f"<main>{''.join(_problem_html(r, lam, eps_w) for r in records)}</main>"
