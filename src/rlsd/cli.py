@@ -32,8 +32,11 @@ class ScriptArguments:
     (default: the shipped tiny model); the rest is `RLSDConfig`."""
 
     task: str = field(
-        default="arithmetic",
-        metadata={"help": "Built-in task when no dataset is given: arithmetic, counting, mixed."},
+        default="mixed",
+        metadata={
+            "help": "Built-in task when no dataset is given: mixed (default: arithmetic, counting "
+            "and paths problems), arithmetic, counting, paths."
+        },
     )
     dataset_path: str | None = field(
         default=None, metadata={"help": "Training data: .jsonl/.json/.csv/.parquet or a datasets folder."}
@@ -195,7 +198,7 @@ def eval_main(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(prog="rlsd eval", description="Held-out accuracy and pass@k.")
     parser.add_argument("model", nargs="?", default="", help="model folder or checkpoint (default: shipped tiny)")
     parser.add_argument("--dataset_path", default=None, help="data file (default: the built-in task's eval split)")
-    parser.add_argument("--task", default="arithmetic")
+    parser.add_argument("--task", default="mixed")
     parser.add_argument("--num_eval", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num_samples", type=int, default=8, help="samples per problem (pass@k, k <= this)")
