@@ -501,7 +501,7 @@ def render_html(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 def _pick_for_png(records: Sequence[dict[str, Any]], per_kind: int) -> list[tuple[dict, dict]]:
-    """Up to `per_kind` correct and `per_kind` incorrect samples with A != 0, preferring
+    """Up to `per_kind` distinct correct and incorrect samples with A != 0, preferring
     problems that have both; falls back to any samples."""
     ordered = sorted(
         records,
@@ -512,7 +512,13 @@ def _pick_for_png(records: Sequence[dict[str, Any]], per_kind: int) -> list[tupl
     )
     picked: list[tuple[dict, dict]] = []
     for ok in (True, False):
-        pool = [(r, s) for r in ordered for s in r["samples"] if s["correct"] == ok]
+        pool, seen = [], set()
+        for r in ordered:
+            for s in r["samples"]:
+                key = (r["index"], tuple(s["token_ids"]))
+                if s["correct"] == ok and key not in seen:  # distinct responses only
+                    seen.add(key)
+                    pool.append((r, s))
         pool.sort(key=lambda rs: rs[1]["advantage"] == 0)  # stable: A != 0 first
         picked.extend(pool[:per_kind])
     return picked
