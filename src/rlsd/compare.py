@@ -19,9 +19,11 @@ The report folder gets `results.md` (tables, see `rlsd.reports.compare_report`),
 Presets (see `estimate_seconds` for the cost model, measured on this project's 2-core CPU):
 - `--quick`: CI smoke test, about a minute: grpo and rlsd, 1 seed, 4 steps of 32
   completions, 64 held-out problems.
-- default: grpo, opsd, rlsd and rlsd_strong, 3 seeds, 60 steps of 128 completions,
-  500 held-out problems every 10 steps: about an hour with `--jobs 2` on 2 cores.
-- published numbers: `--seeds 5 --num_eval 1000` (the issue's minimum); `--dry_run` prints
+- default: grpo, opsd, rlsd and rlsd_strong, 3 seeds, 120 steps of 128 completions,
+  1,000 held-out problems every 10 steps: about an hour on one core (`--jobs 1`), half that
+  with `--jobs 2` on an idle 2-core CPU.
+- published numbers: `--seeds 5` (with the default 1,000 held-out problems: the issue's
+  minimum), about 1.6 hours with `--jobs 1`, 50 minutes with `--jobs 2`. `--dry_run` prints
   the runs and the time estimate without starting anything.
 """
 
@@ -72,7 +74,7 @@ class Preset:
 
 
 PRESETS = {
-    "default": Preset(["grpo", "opsd", "rlsd", "rlsd_strong"], 3, 60, 500, 10),
+    "default": Preset(["grpo", "opsd", "rlsd", "rlsd_strong"], 3, 120, 1000, 10),
     "quick": Preset(
         ["grpo", "rlsd"], 1, 4, 64, 2,
         ["--per_device_train_batch_size", "32", "--num_train", "256"],
@@ -80,11 +82,14 @@ PRESETS = {
 }
 
 # Cost model of `estimate_seconds`, measured with the shipped tiny model, OMP_NUM_THREADS=1,
-# on this project's 2-core CPU (one process per core): seconds per step of 128 completions.
-STEP_S_PER_128 = 3.0
-TEACHER_EXTRA = 0.4  # teacher forward, relative to a GRPO step, while it runs
-EVAL_S_PER_PROBLEM = 0.02  # sampled + greedy pass, 40 new tokens
-STARTUP_S = 10.0  # interpreter, imports, data, model, final save and plot
+# on this project's 2-core CPU with one other process running (benchmarks/cost.py): a GRPO
+# step of 128 completions took 0.95-1.1 s (completions of ~22 tokens; 1.3 s leaves room for
+# longer ones), the teacher forward +33% (rlsd) / +29% (opsd's loss-time teacher), a held-out
+# evaluation (sampled + greedy) 3 s per 500 problems, and start-up plus the final save ~8 s.
+STEP_S_PER_128 = 1.3
+TEACHER_EXTRA = 0.35
+EVAL_S_PER_PROBLEM = 0.007
+STARTUP_S = 8.0
 
 
 # --------------------------------------------------------------------------- the variants
@@ -167,7 +172,8 @@ def estimate_seconds(
     + evaluations (before, every `eval_every` steps, after) x num_eval x per-problem cost.
     """
     step_s = STEP_S_PER_128 * batch / 128
-    evals = 2 + (max_steps // eval_every if eval_every else 0)
+    # Before the first step, every `eval_every` steps, and after the last (if not just done).
+    evals = 2 if not eval_every else 1 + max_steps // eval_every + bool(max_steps % eval_every)
     total = 0.0
     for flags in variants.values():
         algorithm = flags.get("algorithm", "rlsd")
@@ -280,9 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run algorithm variants on the same data, model, seeds and step budget and "
         "write one report folder. Flags after `--` go to every `rlsd train` run.",
         epilog="Presets: --quick (CI, about a minute) and the default (grpo, opsd, rlsd, "
-        "rlsd_strong; 3 seeds x 60 steps, 500 held-out problems: about an hour with --jobs 2 "
-        "on 2 cores). For published numbers: --seeds 5 --num_eval 1000 (--dry_run prints the "
-        "estimate). Built-in variants: "
+        "rlsd_strong; 3 seeds x 120 steps, 1000 held-out problems every 10 steps: about an "
+        "hour with --jobs 1, half with --jobs 2 on 2 free cores). For published numbers: "
+        "--seeds 5 (--dry_run prints the estimate). Built-in variants: "
         + "; ".join(f"{k}: {' '.join(variant_flags(v))}" for k, v in BUILTIN_VARIANTS.items()),
     )
     parser.add_argument(
@@ -291,9 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
         "or one YAML file {name: {flag: value}}. Default: grpo opsd rlsd rlsd_strong.",
     )
     parser.add_argument("--seeds", type=int, default=None, help="Seeds 0..n-1 (default 3).")
-    parser.add_argument("--max_steps", type=int, default=None, help="Optimiser steps per run (60).")
+    parser.add_argument("--max_steps", type=int, default=None, help="Optimiser steps per run (120).")
     parser.add_argument("--task", default="arithmetic", help="Built-in task (arithmetic).")
-    parser.add_argument("--num_eval", type=int, default=None, help="Held-out problems (500).")
+    parser.add_argument("--num_eval", type=int, default=None, help="Held-out problems (1000).")
     parser.add_argument("--eval_every", type=int, default=None, help="Evaluate every N steps (10).")
     parser.add_argument("--jobs", type=int, default=1, help="Runs in parallel (default 1).")
     parser.add_argument("--output", default=None, help="Report folder (runs/compare-<task>).")

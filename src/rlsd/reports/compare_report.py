@@ -283,6 +283,8 @@ def plot_compare(runs: Runs, out: str | Path, title: str = "") -> Path:
             high = [m + s for m, s in zip(mean, std, strict=True)]
             ax.fill_between(steps, low, high, color=color, alpha=0.18, linewidth=0)
         ax.set_title(label)
+        if key != "entropy":  # rates and accuracies: keep 0 in view
+            ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 0.05))
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("optimiser step")
