@@ -64,9 +64,9 @@ CPU_DEFAULTS = {
     "per_device_train_batch_size": 128,  # completions: 16 prompts x 8 generations
     "num_generations": 8,
     "max_completion_length": 40,
-    "max_steps": 60,
+    "max_steps": 150,
     "logging_steps": 1,
-    "save_steps": 20,
+    "save_steps": 50,
     "save_total_limit": 2,
     "report_to": "none",
     "bf16": False,
