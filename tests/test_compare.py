@@ -214,9 +214,37 @@ def test_dry_run_lists_runs(tmp_path, capsys):
     assert not (tmp_path / "c").exists()
 
 
+def test_parallel_jobs_run_every_run_once(tmp_path, monkeypatch):
+    """`--jobs 2` runs each (variant, seed) once; a finished run is skipped next time."""
+    import rlsd.compare as compare
+
+    calls = []
+
+    def fake_execute(run, extra):
+        calls.append((run.variant, run.seed))
+        run.folder.mkdir(parents=True, exist_ok=True)
+        (run.folder / "metrics.jsonl").write_text(
+            json.dumps({"step": 0, "eval/accuracy": 0.1 * run.seed}) + "\n"
+            + json.dumps({"step": 1, "reward": 0.5, "step_time": 1.0}) + "\n"
+        )
+        (run.folder / "summary.json").write_text("{}")
+        return {"returncode": 0, "wall_s": 0.0}
+
+    monkeypatch.setattr(compare, "execute", fake_execute)
+    argv = ["--algorithms", "grpo", "rlsd_strong", "--seeds", "2", "--jobs", "2",
+            "--output", str(tmp_path / "c")]
+    out = compare.main(argv)
+    assert sorted(calls) == [("grpo", 0), ("grpo", 1), ("rlsd_strong", 0), ("rlsd_strong", 1)]
+    assert set(out["status"].values()) == {"done"}
+    assert [r["variant"] for r in out["rows"]] == ["grpo", "rlsd_strong"]
+    assert compare.main(argv)["status"] == dict.fromkeys(out["status"], "skipped")
+    assert len(calls) == 4
+
+
 @pytest.mark.slow
 def test_compare_quick_end_to_end_and_resume(tmp_path, random_path):
     """`rlsd compare --quick` writes the report; a second invocation skips finished runs."""
+    from rlsd.compare import main
     from rlsd.models import DEFAULT_MODEL_PATH
 
     # The shipped model when it is there (what users get), else a random one: same plumbing.
@@ -242,3 +270,8 @@ def test_compare_quick_end_to_end_and_resume(tmp_path, random_path):
     assert second.returncode == 0, second.stdout + second.stderr
     assert second.stdout.count("skipped (finished") == 2, second.stdout
     assert {p: p.stat().st_mtime_ns for p in summaries} == summaries
+
+    (out / "results.md").unlink()
+    rebuilt = main(["--quick", "--output", str(out), "--report_only"])
+    assert (out / "results.md").exists() and {r["variant"] for r in rebuilt["rows"]} == {"grpo", "rlsd"}
+    assert (out / "command.txt").read_text().startswith("rlsd compare --quick --output")

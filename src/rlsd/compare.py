@@ -359,6 +359,8 @@ def main(argv: list[str]) -> dict[str, Any]:
 
     output.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["rlsd", "compare", *argv, *(["--", *passthrough] if passthrough else [])])
+    if args.report_only and (output / "command.txt").exists():  # the runs' own command
+        command = (output / "command.txt").read_text().strip()
     status: dict[str, str] = {}
     if not args.report_only:
         status = _run_all(runs, args.jobs)
