@@ -298,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seeds", type=int, default=None, help="Seeds 0..n-1 (default 3).")
     parser.add_argument("--max_steps", type=int, default=None, help="Optimiser steps per run (120).")
-    parser.add_argument("--task", default="arithmetic", help="Built-in task (arithmetic).")
+    parser.add_argument(
+        "--task", default="mixed", help="Built-in task, as `rlsd train --task` (default mixed)."
+    )
     parser.add_argument("--num_eval", type=int, default=None, help="Held-out problems (1000).")
     parser.add_argument("--eval_every", type=int, default=None, help="Evaluate every N steps (10).")
     parser.add_argument("--jobs", type=int, default=1, help="Runs in parallel (default 1).")
