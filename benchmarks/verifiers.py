@@ -30,19 +30,49 @@ SCHEMA = {
 # name -> (single-run options, pooled options, completions, columns, batch size)
 CASES: dict[str, tuple[dict, dict, list[str], dict[str, list[Any]], int]] = {
     "exact": ({}, {"backend": "process"}, ["7+3=10;10-5=5;A:5", "A:6"], {"answer": ["5"]}, 2000),
-    "numeric": ({}, {"backend": "process"}, [r"\boxed{\frac{1}{2}}", "0.49"],
-                {"answer": ["0.5"]}, 2000),
-    "regex": ({"pattern": r"\d+"}, {"pattern": r"\d+", "backend": "process"}, ["A:12", "A:x"],
-              {}, 2000),
+    "numeric": (
+        {},
+        {"backend": "process"},
+        [r"\boxed{\frac{1}{2}}", "0.49"],
+        {"answer": ["0.5"]},
+        2000,
+    ),
+    "regex": (
+        {"pattern": r"\d+"},
+        {"pattern": r"\d+", "backend": "process"},
+        ["A:12", "A:x"],
+        {},
+        2000,
+    ),
     "format": ({}, {"backend": "process"}, ["<answer>5</answer>", "5"], {}, 2000),
-    "math": ({"workers": 1}, {}, [r"\boxed{\frac{2}{4}}", r"the answer is $\sqrt{2}/2$"],
-             {"answer": ["1/2"]}, 200),
-    "json_schema": ({}, {"backend": "process"}, ['{"name": "a", "age": 3}', '{"name": 1}'],
-                    {"schema": [SCHEMA]}, 1000),
-    "sql": ({"workers": 1}, {}, ["SELECT name FROM emp WHERE salary < 100", "SELECT 1"],
-            {"answer": ["SELECT name FROM emp WHERE salary = 90"], "database": [SQL_DB]}, 500),
-    "code": ({"workers": 1}, {}, ["def add(a, b):\n    return a + b", "def add(a, b): return 0"],
-             {"tests": [["assert add(1, 2) == 3", "assert add(2, 2) == 4"]]}, 40),
+    "math": (
+        {"workers": 1},
+        {},
+        [r"\boxed{\frac{2}{4}}", r"the answer is $\sqrt{2}/2$"],
+        {"answer": ["1/2"]},
+        200,
+    ),
+    "json_schema": (
+        {},
+        {"backend": "process"},
+        ['{"name": "a", "age": 3}', '{"name": 1}'],
+        {"schema": [SCHEMA]},
+        1000,
+    ),
+    "sql": (
+        {"workers": 1},
+        {},
+        ["SELECT name FROM emp WHERE salary < 100", "SELECT 1"],
+        {"answer": ["SELECT name FROM emp WHERE salary = 90"], "database": [SQL_DB]},
+        500,
+    ),
+    "code": (
+        {"workers": 1},
+        {},
+        ["def add(a, b):\n    return a + b", "def add(a, b): return 0"],
+        {"tests": [["assert add(1, 2) == 3", "assert add(2, 2) == 4"]]},
+        40,
+    ),
 }
 
 
@@ -62,8 +92,10 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply batch sizes")
     args = parser.parse_args()
     cpus = len(os.sched_getaffinity(0))
-    print(f"{'verifier':<12} {'batch':>6} {'single items/s':>15} {'pooled items/s':>15}  "
-          f"(pooled = {cpus} workers)")
+    print(
+        f"{'verifier':<12} {'batch':>6} {'single items/s':>15} {'pooled items/s':>15}  "
+        f"(pooled = {cpus} workers)"
+    )
     for name, (single_opts, pooled_opts, completions, columns, size) in CASES.items():
         n = max(4, int(size * args.scale))
         single = items_per_second(get_verifier(name, **single_opts), completions, columns, n)

@@ -19,15 +19,25 @@ from rlsd.verifiers import get_verifier
 def main(model_path: str, out_dir: str) -> None:
     task = get_task("arithmetic")
     config = RLSDConfig(
-        output_dir=out_dir, per_device_train_batch_size=16, num_generations=8, max_steps=2,
-        max_completion_length=task.max_completion_length, learning_rate=1e-3, logging_steps=1,
-        report_to="none", use_cpu=True, save_strategy="no", teacher_template=task.teacher_template,
+        output_dir=out_dir,
+        per_device_train_batch_size=16,
+        num_generations=8,
+        max_steps=2,
+        max_completion_length=task.max_completion_length,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        teacher_template=task.teacher_template,
         seed=0,
     )
     model = AutoModelForCausalLM.from_pretrained(model_path)
     initial = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     trainer = RLSDTrainer(
-        model=model, reward_funcs=get_verifier("exact"), args=config,
+        model=model,
+        reward_funcs=get_verifier("exact"),
+        args=config,
         train_dataset=to_dataset(make_rows(task.problems("train", 128, 0))),
         processing_class=AutoTokenizer.from_pretrained(model_path),
     )
@@ -37,7 +47,9 @@ def main(model_path: str, out_dir: str) -> None:
     result = {
         "rank": rank,
         "world_size": trainer.accelerator.num_processes,
-        "backend": str(torch.distributed.get_backend()) if torch.distributed.is_initialized() else None,
+        "backend": str(torch.distributed.get_backend())
+        if torch.distributed.is_initialized()
+        else None,
         "steps": trainer.state.global_step,
         "checksum": float(final.double().sum()),
         "moved": float((final - initial).abs().max()),

@@ -117,7 +117,9 @@ def test_dedupe_keeps_last_per_step_and_kind():
     ]
     out = dedupe(records)
     assert [r.get("eval/accuracy", r.get("reward")) for r in out if "train_runtime" not in r] == [
-        0.2, 0.1, 0.3
+        0.2,
+        0.1,
+        0.3,
     ]
 
 
@@ -132,14 +134,25 @@ def test_parse_variants(tmp_path):
     v = parse_variants(["grpo", "rlsd_strong"])
     assert v["grpo"] == {"algorithm": "grpo"}
     assert variant_flags(v["rlsd_strong"]) == [
-        "--algorithm", "rlsd", "--rlsd_lambda", "1.0", "--rlsd_lambda_decay_steps", "0",
-        "--rlsd_eps_w", "0.5",
+        "--algorithm",
+        "rlsd",
+        "--rlsd_lambda",
+        "1.0",
+        "--rlsd_lambda_decay_steps",
+        "0",
+        "--rlsd_eps_w",
+        "0.5",
     ]
     custom = parse_variants(["rlsd_eps05=rlsd_eps_w:0.5,rlsd_lambda_decay_steps:0"])
     assert custom["rlsd_eps05"] == {
-        "algorithm": "rlsd", "rlsd_eps_w": "0.5", "rlsd_lambda_decay_steps": "0"
+        "algorithm": "rlsd",
+        "rlsd_eps_w": "0.5",
+        "rlsd_lambda_decay_steps": "0",
     }
-    assert parse_variants(["rlsd=rlsd_eps_w:0.3"])["rlsd"] == {"algorithm": "rlsd", "rlsd_eps_w": "0.3"}
+    assert parse_variants(["rlsd=rlsd_eps_w:0.3"])["rlsd"] == {
+        "algorithm": "rlsd",
+        "rlsd_eps_w": "0.3",
+    }
     assert parse_variants(["mine=algorithm:grpo"])["mine"] == {"algorithm": "grpo"}
     with pytest.raises(ValueError, match="algorithm"):
         parse_variants(["mystery=rlsd_eps_w:0.5"])
@@ -150,7 +163,10 @@ def test_parse_variants(tmp_path):
     from_yaml = parse_variants([str(yaml_path)])
     assert from_yaml["grpo"] == BUILTIN_VARIANTS["grpo"]
     assert variant_flags(from_yaml["rlsd_neg"]) == [
-        "--algorithm", "rlsd", "--rlsd_negative_only", "true"
+        "--algorithm",
+        "rlsd",
+        "--rlsd_negative_only",
+        "true",
     ]
 
 
@@ -176,10 +192,13 @@ def test_prepare_skip_resume_fresh(tmp_path):
     (folder / "checkpoint-2" / "trainer_state.json").write_text("{}")
     (folder / "checkpoint-4").mkdir()  # incomplete (no trainer_state.json): ignored
     action, extra = prepare(run)
-    assert action == "resume" and extra == ["--resume_from_checkpoint", str(folder / "checkpoint-2")]
-    assert [json.loads(line)["step"] for line in (folder / "metrics.jsonl").read_text().splitlines()] == [
-        0, 1, 2
+    assert action == "resume" and extra == [
+        "--resume_from_checkpoint",
+        str(folder / "checkpoint-2"),
     ]
+    assert [
+        json.loads(line)["step"] for line in (folder / "metrics.jsonl").read_text().splitlines()
+    ] == [0, 1, 2]
     (folder / "summary.json").write_text("{}")
     assert prepare(run) == ("skip", [])
     (folder / "compare_run.json").write_text(json.dumps({"argv": ["--seed", "1"]}))
@@ -224,15 +243,26 @@ def test_parallel_jobs_run_every_run_once(tmp_path, monkeypatch):
         calls.append((run.variant, run.seed))
         run.folder.mkdir(parents=True, exist_ok=True)
         (run.folder / "metrics.jsonl").write_text(
-            json.dumps({"step": 0, "eval/accuracy": 0.1 * run.seed}) + "\n"
-            + json.dumps({"step": 1, "reward": 0.5, "step_time": 1.0}) + "\n"
+            json.dumps({"step": 0, "eval/accuracy": 0.1 * run.seed})
+            + "\n"
+            + json.dumps({"step": 1, "reward": 0.5, "step_time": 1.0})
+            + "\n"
         )
         (run.folder / "summary.json").write_text("{}")
         return {"returncode": 0, "wall_s": 0.0}
 
     monkeypatch.setattr(compare, "execute", fake_execute)
-    argv = ["--algorithms", "grpo", "rlsd_strong", "--seeds", "2", "--jobs", "2",
-            "--output", str(tmp_path / "c")]
+    argv = [
+        "--algorithms",
+        "grpo",
+        "rlsd_strong",
+        "--seeds",
+        "2",
+        "--jobs",
+        "2",
+        "--output",
+        str(tmp_path / "c"),
+    ]
     out = compare.main(argv)
     assert sorted(calls) == [("grpo", 0), ("grpo", 1), ("rlsd_strong", 0), ("rlsd_strong", 1)]
     assert set(out["status"].values()) == {"done"}
@@ -248,10 +278,24 @@ def test_compare_quick_end_to_end_and_resume(tmp_path, random_path):
     from rlsd.models import DEFAULT_MODEL_PATH
 
     # The shipped model when it is there (what users get), else a random one: same plumbing.
-    model = str(DEFAULT_MODEL_PATH) if (DEFAULT_MODEL_PATH / "model.safetensors").exists() else random_path
+    model = (
+        str(DEFAULT_MODEL_PATH)
+        if (DEFAULT_MODEL_PATH / "model.safetensors").exists()
+        else random_path
+    )
     out = tmp_path / "cmp"
-    cmd = [sys.executable, "-m", "rlsd.cli", "compare", "--quick", "--output", str(out),
-           "--", "--model_name_or_path", model]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlsd.cli",
+        "compare",
+        "--quick",
+        "--output",
+        str(out),
+        "--",
+        "--model_name_or_path",
+        model,
+    ]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
     for name in ("results.md", "curves.png", "runs.jsonl", "command.txt", "compare.json"):
@@ -273,5 +317,8 @@ def test_compare_quick_end_to_end_and_resume(tmp_path, random_path):
 
     (out / "results.md").unlink()
     rebuilt = main(["--quick", "--output", str(out), "--report_only"])
-    assert (out / "results.md").exists() and {r["variant"] for r in rebuilt["rows"]} == {"grpo", "rlsd"}
+    assert (out / "results.md").exists() and {r["variant"] for r in rebuilt["rows"]} == {
+        "grpo",
+        "rlsd",
+    }
     assert (out / "command.txt").read_text().startswith("rlsd compare --quick --output")

@@ -56,8 +56,16 @@ def rows():
 def records(model_and_tokenizer, rows):
     model, tokenizer = model_and_tokenizer
     return compute_credit(
-        model, tokenizer, rows, alternating_reward, group_size=G, lam=LAM, eps_w=EPS_W,
-        teacher_template=TEMPLATE, max_new_tokens=12, seed=0,
+        model,
+        tokenizer,
+        rows,
+        alternating_reward,
+        group_size=G,
+        lam=LAM,
+        eps_w=EPS_W,
+        teacher_template=TEMPLATE,
+        max_new_tokens=12,
+        seed=0,
     )
 
 
@@ -125,8 +133,16 @@ def test_compute_credit_is_seeded_and_restores_rng(model_and_tokenizer, rows, re
     torch.manual_seed(123)
     before = torch.random.get_rng_state()
     again = compute_credit(
-        model, tokenizer, rows, alternating_reward, group_size=G, lam=LAM, eps_w=EPS_W,
-        teacher_template=TEMPLATE, max_new_tokens=12, seed=0,
+        model,
+        tokenizer,
+        rows,
+        alternating_reward,
+        group_size=G,
+        lam=LAM,
+        eps_w=EPS_W,
+        teacher_template=TEMPLATE,
+        max_new_tokens=12,
+        seed=0,
     )
     assert torch.equal(torch.random.get_rng_state(), before)
     assert [s["token_ids"] for r in again for s in r["samples"]] == [
@@ -189,9 +205,11 @@ def test_html_is_self_contained_and_escaped(records):
 
 def test_html_tokens_carry_their_numbers_and_colours(records):
     page = _page(records)
-    spans = re.findall(r'<span class="tok[^"]*" style="([^"]*)"[^>]*?data-w="([^"]*)"'
-                       r'[^>]*?data-a-hat="([^"]*)" data-credit="([^"]*)" data-color="([^"]*)"',
-                       page)
+    spans = re.findall(
+        r'<span class="tok[^"]*" style="([^"]*)"[^>]*?data-w="([^"]*)"'
+        r'[^>]*?data-a-hat="([^"]*)" data-credit="([^"]*)" data-color="([^"]*)"',
+        page,
+    )
     n_tokens = sum(len(s["tokens"]) for r in records for s in r["samples"])
     assert len(spans) == n_tokens
     flat = [(s, t) for r in records for s in r["samples"] for t in range(len(s["tokens"]))]
@@ -235,8 +253,23 @@ def test_png_is_written(records, tmp_path):
 
 def test_cli_writes_page_png_and_json(random_path, tmp_path, capsys):
     out = tmp_path / "out"
-    result = main([random_path, "--output", str(out), "--num_problems", "2", "--group_size", "3",
-                   "--max_new_tokens", "6", "--lam", "0.3", "--eps_w", "0.1"])
+    result = main(
+        [
+            random_path,
+            "--output",
+            str(out),
+            "--num_problems",
+            "2",
+            "--group_size",
+            "3",
+            "--max_new_tokens",
+            "6",
+            "--lam",
+            "0.3",
+            "--eps_w",
+            "0.1",
+        ]
+    )
     printed = capsys.readouterr().out
     for name in ("credit.html", "credit.png", "credit.json"):
         assert (out / name).stat().st_size > 0 and str(out / name) in printed
@@ -257,8 +290,23 @@ def test_cli_dispatch_with_a_jsonl_dataset(random_path, tmp_path):
     ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
-    assert rlsd_main(["credit", random_path, "--dataset_path", str(data), "--output", str(out),
-                      "--group_size", "2", "--max_new_tokens", "4"]) == 0
+    assert (
+        rlsd_main(
+            [
+                "credit",
+                random_path,
+                "--dataset_path",
+                str(data),
+                "--output",
+                str(out),
+                "--group_size",
+                "2",
+                "--max_new_tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
     records = json.loads((out / "credit.json").read_text())["records"]
     assert "Here is a reference solution" in records[0]["teacher_prompt"]  # the spec's template
     assert records[1]["privileged"] == "6"  # falls back to `answer`
@@ -315,9 +363,19 @@ def _chromium() -> str:
 def _run_chromium(binary: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
     profile = tmp_path / f"profile-{len(list(tmp_path.iterdir()))}"
     cmd = [
-        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--hide-scrollbars", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
         *args,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
@@ -345,8 +403,9 @@ def test_page_renders_in_headless_chromium(records, tmp_path):
     # 1. The page itself, as a screenshot: it renders, it is not blank, the legend's extreme
     #    swatches are drawn in the map's end colours.
     shot = tmp_path / "shot.png"
-    _run_chromium(binary, tmp_path, f"--screenshot={shot}", "--window-size=1200,900",
-                  page_path.as_uri())
+    _run_chromium(
+        binary, tmp_path, f"--screenshot={shot}", "--window-size=1200,900", page_path.as_uri()
+    )
     pixels = (mpimg.imread(shot)[:, :, :3] * 255).round().astype(np.int16)
     assert pixels.shape[:2] == (900, 1200)
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50

@@ -7,7 +7,11 @@ import pytest
 
 from rlsd.data import DataError, read_rows, to_dataset
 
-GOOD = {"prompt": [{"role": "user", "content": "Q:1+2="}], "answer": "3", "privileged_context": "1+2=3;A:3"}
+GOOD = {
+    "prompt": [{"role": "user", "content": "Q:1+2="}],
+    "answer": "3",
+    "privileged_context": "1+2=3;A:3",
+}
 
 
 def write_jsonl(path, rows, raw_lines=()):
@@ -24,7 +28,9 @@ def test_good_files_in_every_format(tmp_path):
     assert read_rows(write_jsonl(tmp_path / "d.jsonl", rows))[1]["answer"] == "4"
     (tmp_path / "d.json").write_text(json.dumps(rows))
     assert len(read_rows(tmp_path / "d.json")) == 2
-    pd.DataFrame([{"prompt": json.dumps(GOOD["prompt"]), "answer": "3"}]).to_csv(tmp_path / "d.csv", index=False)
+    pd.DataFrame([{"prompt": json.dumps(GOOD["prompt"]), "answer": "3"}]).to_csv(
+        tmp_path / "d.csv", index=False
+    )
     assert read_rows(tmp_path / "d.csv")[0]["prompt"] == GOOD["prompt"]  # messages parsed back
     pd.DataFrame([{"prompt": "Q:1+2=", "answer": "3"}]).to_parquet(tmp_path / "d.parquet")
     assert read_rows(tmp_path / "d.parquet")[0]["answer"] == "3"
@@ -40,12 +46,24 @@ def test_good_files_in_every_format(tmp_path):
         ({"prompt": "Q:1+2="}, "row 2: column 'answer' is missing"),
         ({"prompt": "Q:1+2=", "answer": ""}, "row 2: column 'answer' is empty"),
         ({"prompt": [{"content": "hi"}], "answer": "3"}, "message 0 needs 'role' and 'content'"),
-        ({"prompt": [{"role": "system", "content": "x"}], "answer": "3"}, "no message with role 'user'"),
+        (
+            {"prompt": [{"role": "system", "content": "x"}], "answer": "3"},
+            "no message with role 'user'",
+        ),
         ({"prompt": 7, "answer": "3"}, "column 'prompt' must be text or chat messages"),
-        ({"prompt": "write f", "verifier": "code"}, "column 'tests' is missing (needed by verifier 'code')"),
+        (
+            {"prompt": "write f", "verifier": "code"},
+            "column 'tests' is missing (needed by verifier 'code')",
+        ),
         ({"prompt": "json", "verifier": "json_schema", "schema": {}}, "column 'schema' is empty"),
-        ({"prompt": "Q", "answer": "1", "privileged_context": 5}, "column 'privileged_context' must be text"),
-        ({"prompt": "Q:1+2=", "answer": "3"}, "row 2: column 'prompt' is text but row 1 is chat messages"),
+        (
+            {"prompt": "Q", "answer": "1", "privileged_context": 5},
+            "column 'privileged_context' must be text",
+        ),
+        (
+            {"prompt": "Q:1+2=", "answer": "3"},
+            "row 2: column 'prompt' is text but row 1 is chat messages",
+        ),
     ],
 )
 def test_each_malformed_row_gives_its_named_error(tmp_path, row, message):
@@ -58,7 +76,11 @@ def test_each_malformed_row_gives_its_named_error(tmp_path, row, message):
 
 
 def test_invalid_json_line_and_all_errors_reported_at_once(tmp_path):
-    path = write_jsonl(tmp_path / "bad.jsonl", [GOOD, {"prompt": GOOD["prompt"]}], raw_lines=["{not json", "[1, 2]"])
+    path = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [GOOD, {"prompt": GOOD["prompt"]}],
+        raw_lines=["{not json", "[1, 2]"],
+    )
     with pytest.raises(DataError) as info:
         read_rows(path)
     text = str(info.value)

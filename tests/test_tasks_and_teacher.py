@@ -50,18 +50,26 @@ def test_teacher_prompt_chat_text_and_explicit():
     assert prompt[1]["content"] == fill_template(DEFAULT_TEACHER_TEMPLATE, "What is {x}?", "42")
     assert "Here is a reference solution:\n42" in prompt[1]["content"]  # falls back to `answer`
     assert example["prompt"][1]["content"] == "What is {x}?"  # the student's prompt untouched
-    text = teacher_prompt({"prompt": "Q", "privileged_context": "R", "answer": "A"}, "<{privileged}|{question}>", "Box it.")
+    text = teacher_prompt(
+        {"prompt": "Q", "privileged_context": "R", "answer": "A"},
+        "<{privileged}|{question}>",
+        "Box it.",
+    )
     assert text == "<R|Q>\nBox it."
     assert teacher_prompt({"prompt": "Q", "answer": "1", "teacher_prompt": "T"}) == "T"
 
 
 def test_teacher_ids_append_completion_ids_unchanged():
     tok = build_tokenizer()
-    rows = [{"prompt": [{"role": "user", "content": "Q:1+2="}], "privileged_context": "1+2=3;A:3"},
-            {"prompt": [{"role": "user", "content": "Q:10+20+3="}], "privileged_context": "A:33"}]
+    rows = [
+        {"prompt": [{"role": "user", "content": "Q:1+2="}], "privileged_context": "1+2=3;A:3"},
+        {"prompt": [{"role": "user", "content": "Q:10+20+3="}], "privileged_context": "A:33"},
+    ]
     completion_ids = torch.tensor([[20, 21, 22], [23, 24, tok.pad_token_id]])
     completion_mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    ids, mask = teacher_input_ids(tok, rows, completion_ids, completion_mask, "R:{privileged}\n{question}")
+    ids, mask = teacher_input_ids(
+        tok, rows, completion_ids, completion_mask, "R:{privileged}\n{question}"
+    )
     assert torch.equal(ids[:, -3:], completion_ids) and torch.equal(mask[:, -3:], completion_mask)
     assert tok.decode(ids[0, :-3], skip_special_tokens=True) == "R:1+2=3;A:3\nQ:1+2="
     assert mask[1, 0] == 0 and ids[1, 0] == tok.pad_token_id  # left padding of the shorter prompt

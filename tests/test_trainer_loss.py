@@ -31,7 +31,10 @@ def _common(tmp_path):
 
 def _dataset():
     return Dataset.from_list(
-        [{"prompt": [{"role": "user", "content": f"Q:{i}+1="}], "answer": str(i + 1)} for i in range(8)]
+        [
+            {"prompt": [{"role": "user", "content": f"Q:{i}+1="}], "answer": str(i + 1)}
+            for i in range(8)
+        ]
     )
 
 
@@ -72,13 +75,20 @@ def _with_old_logps(trainer, batch, shift):
     with torch.no_grad():
         logps = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, T)[0]
     g = torch.Generator().manual_seed(1)
-    return {**batch, "old_per_token_logps": logps + shift * torch.randn(logps.shape, generator=g)}, logps
+    return {
+        **batch,
+        "old_per_token_logps": logps + shift * torch.randn(logps.shape, generator=g),
+    }, logps
 
 
 @pytest.mark.parametrize("algorithm,extra", [("grpo", {}), ("rlsd", {"rlsd_lambda": 0.0})])
 def test_grpo_loss_equals_stock_trl(tmp_path, random_path, batch, algorithm, extra):
     stock = _trainer(GRPOTrainer, GRPOConfig(**_common(tmp_path / "stock")), random_path)
-    ours = _trainer(RLSDTrainer, RLSDConfig(**_common(tmp_path / "ours"), algorithm=algorithm, **extra), random_path)
+    ours = _trainer(
+        RLSDTrainer,
+        RLSDConfig(**_common(tmp_path / "ours"), algorithm=algorithm, **extra),
+        random_path,
+    )
     inputs, _ = _with_old_logps(stock, batch, shift=0.3)
     loss_stock = stock._compute_loss(stock.model, inputs)
     loss_ours = ours._compute_loss(ours.model, inputs)
@@ -112,7 +122,8 @@ def test_refuses_combinations_that_cannot_work(tmp_path):
         RLSDConfig(output_dir=str(tmp_path), loss_type="vespo", use_cpu=True)
     with pytest.raises(ValueError, match="Liger"):
         RLSDConfig(
-            output_dir=str(tmp_path), use_cpu=True,
+            output_dir=str(tmp_path),
+            use_cpu=True,
             liger_kernel_config={"fused_linear_cross_entropy": True},
         )
     with pytest.raises(ValueError, match="teacher_model_name_or_path"):
@@ -126,8 +137,20 @@ def test_refuses_combinations_that_cannot_work(tmp_path):
 def test_paper_defaults(tmp_path):
     c = RLSDConfig(output_dir=str(tmp_path), use_cpu=True)
     assert (c.algorithm, c.loss_type, c.epsilon, c.epsilon_high, c.delta, c.beta) == (
-        "rlsd", "dapo", 0.2, 0.28, 3.0, 0.0
+        "rlsd",
+        "dapo",
+        0.2,
+        0.28,
+        3.0,
+        0.0,
     )
-    assert (c.num_generations, c.rlsd_eps_w, c.rlsd_lambda, c.rlsd_lambda_decay_steps) == (8, 0.2, 0.5, 50)
+    assert (c.num_generations, c.rlsd_eps_w, c.rlsd_lambda, c.rlsd_lambda_decay_steps) == (
+        8,
+        0.2,
+        0.5,
+        50,
+    )
     assert c.teacher_sync_steps == 10 and c.max_grad_norm == 1.0 and c.scale_rewards == "group"
-    assert RLSDConfig(output_dir=str(tmp_path), algorithm="opsd", use_cpu=True).teacher_sync_steps == 0
+    assert (
+        RLSDConfig(output_dir=str(tmp_path), algorithm="opsd", use_cpu=True).teacher_sync_steps == 0
+    )

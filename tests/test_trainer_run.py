@@ -17,11 +17,28 @@ from rlsd.verifiers import get_verifier
 pytestmark = pytest.mark.slow
 
 SPEC_METRICS = [  # spec section 6
-    "reward", "rewards/exact/mean", "rlsd/adv_mean", "rlsd/adv_abs_mean", "rlsd/delta_mean",
-    "rlsd/w_raw_mean", "rlsd/w_clipped_mean", "rlsd/clip_low_ratio", "rlsd/clip_high_ratio",
-    "rlsd/adv_hat_mean", "rlsd/adv_hat_abs_mean", "rlsd/lambda", "rlsd/w_moved_ratio",
-    "rlsd/adv_hat_over_adv", "entropy", "completions/mean_length", "clip_ratio/low_mean",
-    "clip_ratio/high_mean", "grad_norm", "time/generate", "time/verify", "time/teacher",
+    "reward",
+    "rewards/exact/mean",
+    "rlsd/adv_mean",
+    "rlsd/adv_abs_mean",
+    "rlsd/delta_mean",
+    "rlsd/w_raw_mean",
+    "rlsd/w_clipped_mean",
+    "rlsd/clip_low_ratio",
+    "rlsd/clip_high_ratio",
+    "rlsd/adv_hat_mean",
+    "rlsd/adv_hat_abs_mean",
+    "rlsd/lambda",
+    "rlsd/w_moved_ratio",
+    "rlsd/adv_hat_over_adv",
+    "entropy",
+    "completions/mean_length",
+    "clip_ratio/low_mean",
+    "clip_ratio/high_mean",
+    "grad_norm",
+    "time/generate",
+    "time/verify",
+    "time/teacher",
     "time/update",
 ]
 
@@ -29,9 +46,17 @@ SPEC_METRICS = [  # spec section 6
 def make_trainer(path, output_dir, **overrides):
     task = get_task("arithmetic")
     kwargs = dict(
-        output_dir=str(output_dir), per_device_train_batch_size=64, num_generations=8,
-        max_completion_length=task.max_completion_length, learning_rate=1e-4, max_steps=3,
-        logging_steps=1, report_to="none", use_cpu=True, seed=0, save_strategy="no",
+        output_dir=str(output_dir),
+        per_device_train_batch_size=64,
+        num_generations=8,
+        max_completion_length=task.max_completion_length,
+        learning_rate=1e-4,
+        max_steps=3,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        save_strategy="no",
         teacher_template=task.teacher_template,
     )
     kwargs.update(overrides)
@@ -71,16 +96,22 @@ def test_teacher_sees_the_privileged_context(tiny_path, tmp_path):
     task = get_task("arithmetic")
     rows = make_rows(task.problems("eval", 16, 0))
     tok = trainer.processing_class
-    completions = [tok(r["privileged_context"], add_special_tokens=False)["input_ids"] for r in rows]
+    completions = [
+        tok(r["privileged_context"], add_special_tokens=False)["input_ids"] for r in rows
+    ]
     width = max(map(len, completions))
     completion_ids = torch.full((len(rows), width), tok.pad_token_id)
     completion_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, ids in enumerate(completions):
         completion_ids[i, : len(ids)], completion_mask[i, : len(ids)] = torch.tensor(ids), 1
-    t_ids, t_mask = teacher_input_ids(tok, rows, completion_ids, completion_mask, task.teacher_template)
+    t_ids, t_mask = teacher_input_ids(
+        tok, rows, completion_ids, completion_mask, task.teacher_template
+    )
     # the privileged text is in the teacher's input, never in the student's prompt
     assert all(r["privileged_context"] in tok.decode(t_ids[i]) for i, r in enumerate(rows))
-    s_prompts = tok.apply_chat_template([r["prompt"] for r in rows], add_generation_prompt=True, tokenize=False)
+    s_prompts = tok.apply_chat_template(
+        [r["prompt"] for r in rows], add_generation_prompt=True, tokenize=False
+    )
     assert not any(r["privileged_context"] in p for r, p in zip(rows, s_prompts))
     teacher = trainer._teacher_logps(t_ids, t_mask, width)
     s_ids, s_mask = teacher_input_ids(
@@ -94,13 +125,20 @@ def test_teacher_sees_the_privileged_context(tiny_path, tmp_path):
 
 
 def test_resume_restores_step_config_teacher_and_lambda(tiny_path, tmp_path):
-    common = dict(max_steps=4, save_strategy="steps", save_steps=2, teacher_sync_steps=3,
-                  per_device_train_batch_size=32)
+    common = dict(
+        max_steps=4,
+        save_strategy="steps",
+        save_steps=2,
+        teacher_sync_steps=3,
+        per_device_train_batch_size=32,
+    )
     first = make_trainer(tiny_path, tmp_path, **common)
     first.train()
     checkpoint = tmp_path / "checkpoint-2"
     assert (checkpoint / "rlsd_teacher" / "model.safetensors").exists()
-    assert json.loads((checkpoint / "rlsd_teacher" / "state.json").read_text()) == {"teacher_synced_at": 0}
+    assert json.loads((checkpoint / "rlsd_teacher" / "state.json").read_text()) == {
+        "teacher_synced_at": 0
+    }
     from safetensors.torch import load_file
 
     saved_teacher = load_file(str(checkpoint / "rlsd_teacher" / "model.safetensors"))
@@ -126,7 +164,12 @@ def test_resume_restores_step_config_teacher_and_lambda(tiny_path, tmp_path):
     second.add_callback(Probe())
     second.train(resume_from_checkpoint=str(checkpoint))
     assert second.state.global_step == 4
-    assert seen == {"step": 2, "synced_at": 0, "teacher_equals_saved": True, "teacher_differs_from_policy": True}
+    assert seen == {
+        "step": 2,
+        "synced_at": 0,
+        "teacher_equals_saved": True,
+        "teacher_differs_from_policy": True,
+    }
     assert second.args.to_dict()["rlsd_lambda"] == first.args.rlsd_lambda
     # the log history of steps 1-2 comes back with the checkpoint; lambda continues at step 3
     lambdas = [r["rlsd/lambda"] for r in second.state.log_history if "rlsd/lambda" in r]
@@ -139,17 +182,28 @@ def test_peft_teacher_is_a_snapshot_adapter(tiny_path, tmp_path):
 
     task = get_task("arithmetic")
     config = RLSDConfig(
-        output_dir=str(tmp_path), per_device_train_batch_size=32, num_generations=8, max_steps=3,
-        max_completion_length=task.max_completion_length, learning_rate=1e-3, logging_steps=1,
-        report_to="none", use_cpu=True, save_strategy="no", teacher_template=task.teacher_template,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=32,
+        num_generations=8,
+        max_steps=3,
+        max_completion_length=task.max_completion_length,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        teacher_template=task.teacher_template,
         teacher_sync_steps=2,
     )
     trainer = RLSDTrainer(
         model=AutoModelForCausalLM.from_pretrained(tiny_path),
-        reward_funcs=get_verifier("exact"), args=config,
+        reward_funcs=get_verifier("exact"),
+        args=config,
         train_dataset=to_dataset(make_rows(task.problems("train", 128, 0))),
         processing_class=AutoTokenizer.from_pretrained(tiny_path),
-        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+        peft_config=LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+        ),
     )
     assert trainer.teacher_model is None and trainer._uses_teacher_adapter()
     trainer.train()
@@ -158,5 +212,8 @@ def test_peft_teacher_is_a_snapshot_adapter(tiny_path, tmp_path):
     assert teacher and not any(p.requires_grad for p in teacher.values())
     # synced at step 2, then the policy adapter moved on at step 3
     assert trainer._teacher_synced_at == 2
-    diffs = [not torch.equal(p, params[n.replace(".rlsd_teacher.", ".default.")]) for n, p in teacher.items()]
+    diffs = [
+        not torch.equal(p, params[n.replace(".rlsd_teacher.", ".default.")])
+        for n, p in teacher.items()
+    ]
     assert any(diffs)

@@ -32,10 +32,19 @@ def test_overridden_methods_keep_their_signatures():
     }
     for name, params in expected.items():
         assert hasattr(GRPOTrainer, name), f"TRL removed GRPOTrainer.{name}"
-        assert _params(getattr(GRPOTrainer, name)) == params, f"GRPOTrainer.{name} changed signature"
+        assert _params(getattr(GRPOTrainer, name)) == params, (
+            f"GRPOTrainer.{name} changed signature"
+        )
         assert name in RLSDTrainer.__dict__
     logps = _params(GRPOTrainer._get_per_token_logps_and_entropies)
-    assert logps[:6] == ["self", "model", "input_ids", "attention_mask", "logits_to_keep", "batch_size"]
+    assert logps[:6] == [
+        "self",
+        "model",
+        "input_ids",
+        "attention_mask",
+        "logits_to_keep",
+        "batch_size",
+    ]
 
 
 def test_trl_internals_we_read_still_exist():
@@ -46,10 +55,23 @@ def test_trl_internals_we_read_still_exist():
     assert "coef_1 = torch.clamp(coef_1, max=self.args.delta)" in source
     assert 'inputs["num_items_in_batch"]' in source
     out_source = inspect.getsource(GRPOTrainer._generate_and_score_completions)
-    for key in ('"completion_ids"', '"completion_mask"', '"advantages"', '"prompt_ids"', '"old_per_token_logps"'):
+    for key in (
+        '"completion_ids"',
+        '"completion_mask"',
+        '"advantages"',
+        '"prompt_ids"',
+        '"old_per_token_logps"',
+    ):
         assert key in out_source, key
     fields = GRPOConfig.__dataclass_fields__
-    for name in ("delta", "epsilon_high", "loss_type", "scale_rewards", "num_generations", "temperature"):
+    for name in (
+        "delta",
+        "epsilon_high",
+        "loss_type",
+        "scale_rewards",
+        "num_generations",
+        "temperature",
+    ):
         assert name in fields
     for attr in ("_metrics", "_logs", "reward_weights", "multi_objective_aggregation"):
         assert attr in inspect.getsource(GRPOTrainer.__init__), attr

@@ -48,11 +48,17 @@ class RunFolderCallback(TrainerCallback):
         with (self.output_dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
         trainer = self.trainer
-        if trainer is None or not getattr(trainer, "_logs", None) or not trainer._logs["completion"]:
+        if (
+            trainer is None
+            or not getattr(trainer, "_logs", None)
+            or not trainer._logs["completion"]
+        ):
             return
         completions = list(trainer._logs["completion"])[: self.samples_per_log]
         prompts = list(trainer._logs["prompt"])[: self.samples_per_log]
-        rewards = {name: list(v)[: self.samples_per_log] for name, v in trainer._logs["rewards"].items()}
+        rewards = {
+            name: list(v)[: self.samples_per_log] for name, v in trainer._logs["rewards"].items()
+        }
         with (self.output_dir / "samples.jsonl").open("a") as f:
             for i, (prompt, completion) in enumerate(zip(prompts, completions)):
                 row = {"step": state.global_step, "prompt": prompt, "completion": completion}

@@ -39,22 +39,35 @@ class ScriptArguments:
         },
     )
     dataset_path: str | None = field(
-        default=None, metadata={"help": "Training data: .jsonl/.json/.csv/.parquet or a datasets folder."}
+        default=None,
+        metadata={"help": "Training data: .jsonl/.json/.csv/.parquet or a datasets folder."},
     )
-    eval_dataset_path: str | None = field(default=None, metadata={"help": "Held-out data (same format)."})
+    eval_dataset_path: str | None = field(
+        default=None, metadata={"help": "Held-out data (same format)."}
+    )
     num_train: int = field(default=4000, metadata={"help": "Built-in task: training problems."})
     num_eval: int = field(default=500, metadata={"help": "Built-in task: held-out problems."})
     privileged: str = field(
         default="solution",
-        metadata={"help": "Built-in task privileged context: 'solution' (worked) or 'answer' (final only)."},
+        metadata={
+            "help": "Built-in task privileged context: 'solution' (worked) or 'answer' (final only)."
+        },
     )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["exact"],
-        metadata={"help": "Verifier names or `module:function` paths (a `verifier` column routes per row)."},
+        metadata={
+            "help": "Verifier names or `module:function` paths (a `verifier` column routes per row)."
+        },
     )
-    eval_every: int = field(default=10, metadata={"help": "Held-out evaluation every N steps (0: only before/after)."})
-    eval_num_samples: int = field(default=1, metadata={"help": "Samples per held-out problem (pass@k uses them)."})
-    eval_temperature: float = field(default=1.0, metadata={"help": "Held-out sampling temperature."})
+    eval_every: int = field(
+        default=10, metadata={"help": "Held-out evaluation every N steps (0: only before/after)."}
+    )
+    eval_num_samples: int = field(
+        default=1, metadata={"help": "Samples per held-out problem (pass@k uses them)."}
+    )
+    eval_temperature: float = field(
+        default=1.0, metadata={"help": "Held-out sampling temperature."}
+    )
 
 
 # Defaults of `rlsd train` on a CPU with the tiny model (a YAML or flag overrides each).
@@ -122,14 +135,20 @@ def train_main(argv: list[str]) -> dict:
         task = get_task(script.task)
         if config.teacher_template == DEFAULT_TEACHER_TEMPLATE:  # the task's compact format
             config.teacher_template = task.teacher_template
-        train_rows = make_rows(task.problems("train", script.num_train, config.seed), script.privileged)
-        eval_rows = make_rows(task.problems("eval", script.num_eval, config.seed), script.privileged)
+        train_rows = make_rows(
+            task.problems("train", script.num_train, config.seed), script.privileged
+        )
+        eval_rows = make_rows(
+            task.problems("eval", script.num_eval, config.seed), script.privileged
+        )
     else:
         train_rows = read_rows(script.dataset_path)
         eval_rows = read_rows(script.eval_dataset_path) if script.eval_dataset_path else []
 
     routed = any(r.get("verifier") for r in train_rows)
-    reward_funcs = [get_verifier("auto")] if routed else [get_verifier(n) for n in script.reward_funcs]
+    reward_funcs = (
+        [get_verifier("auto")] if routed else [get_verifier(n) for n in script.reward_funcs]
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dtype = model_config.dtype if model_config.dtype not in (None, "auto") else None
@@ -196,12 +215,18 @@ def train_main(argv: list[str]) -> dict:
 
 def eval_main(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(prog="rlsd eval", description="Held-out accuracy and pass@k.")
-    parser.add_argument("model", nargs="?", default="", help="model folder or checkpoint (default: shipped tiny)")
-    parser.add_argument("--dataset_path", default=None, help="data file (default: the built-in task's eval split)")
+    parser.add_argument(
+        "model", nargs="?", default="", help="model folder or checkpoint (default: shipped tiny)"
+    )
+    parser.add_argument(
+        "--dataset_path", default=None, help="data file (default: the built-in task's eval split)"
+    )
     parser.add_argument("--task", default="mixed")
     parser.add_argument("--num_eval", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_samples", type=int, default=8, help="samples per problem (pass@k, k <= this)")
+    parser.add_argument(
+        "--num_samples", type=int, default=8, help="samples per problem (pass@k, k <= this)"
+    )
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--max_new_tokens", type=int, default=40)
     parser.add_argument("--reward_funcs", nargs="+", default=["exact"])
@@ -227,8 +252,15 @@ def eval_main(argv: list[str]) -> dict:
     reward_fn = get_verifier("auto") if routed else get_verifier(args.reward_funcs[0])
     ks = tuple(k for k in (1, 2, 4, 8, 16, 32) if k <= args.num_samples)
     metrics = evaluate(
-        model, tokenizer, rows, reward_fn, num_samples=args.num_samples,
-        temperature=args.temperature, max_new_tokens=args.max_new_tokens, ks=ks, seed=args.seed,
+        model,
+        tokenizer,
+        rows,
+        reward_fn,
+        num_samples=args.num_samples,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        ks=ks,
+        seed=args.seed,
     )
     metrics["model"] = path
     print(json.dumps(metrics, indent=2))
@@ -249,7 +281,9 @@ def sft_main(argv: list[str]) -> dict:
         parser.add_argument(f"--{name}", type=type(value), default=value)
     args = SFTArgs(**vars(parser.parse_args(argv)))
     summary = run_sft(args)
-    print(f"saved {args.output_dir}: {summary['steps']} steps, sampled accuracy {summary['sampled_accuracy']:.3f}")
+    print(
+        f"saved {args.output_dir}: {summary['steps']} steps, sampled accuracy {summary['sampled_accuracy']:.3f}"
+    )
     return summary
 
 

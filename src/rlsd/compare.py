@@ -76,7 +76,11 @@ class Preset:
 PRESETS = {
     "default": Preset(["grpo", "opsd", "rlsd", "rlsd_strong"], 3, 120, 1000, 10),
     "quick": Preset(
-        ["grpo", "rlsd"], 1, 4, 64, 2,
+        ["grpo", "rlsd"],
+        1,
+        4,
+        64,
+        2,
         ["--per_device_train_batch_size", "32", "--num_train", "256"],
     ),
 }
@@ -129,7 +133,9 @@ def parse_variants(specs: list[str]) -> dict[str, dict[str, Any]]:
         path = Path(specs[0])
         data = yaml.safe_load(path.read_text())
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of variant name -> flags, got {type(data).__name__}.")
+            raise ValueError(
+                f"{path}: expected a mapping of variant name -> flags, got {type(data).__name__}."
+            )
         return {str(name): _variant(str(name), flags) for name, flags in data.items()}
     variants: dict[str, dict[str, Any]] = {}
     for spec in specs:
@@ -211,7 +217,8 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
     if not path.exists():
         return
     keep = [
-        line for line in path.read_text().splitlines()
+        line
+        for line in path.read_text().splitlines()
         if line.strip() and json.loads(line).get("step", 0) <= last_step
     ]
     path.write_text("".join(line + "\n" for line in keep))
@@ -292,12 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
         + "; ".join(f"{k}: {' '.join(variant_flags(v))}" for k, v in BUILTIN_VARIANTS.items()),
     )
     parser.add_argument(
-        "--algorithms", nargs="+", default=None,
+        "--algorithms",
+        nargs="+",
+        default=None,
         help="Variants: built-in names, `name=flag:value,...` (e.g. rlsd_eps05=rlsd_eps_w:0.5), "
         "or one YAML file {name: {flag: value}}. Default: grpo opsd rlsd rlsd_strong.",
     )
     parser.add_argument("--seeds", type=int, default=None, help="Seeds 0..n-1 (default 3).")
-    parser.add_argument("--max_steps", type=int, default=None, help="Optimiser steps per run (120).")
+    parser.add_argument(
+        "--max_steps", type=int, default=None, help="Optimiser steps per run (120)."
+    )
     parser.add_argument(
         "--task", default="mixed", help="Built-in task, as `rlsd train --task` (default mixed)."
     )
@@ -306,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=1, help="Runs in parallel (default 1).")
     parser.add_argument("--output", default=None, help="Report folder (runs/compare-<task>).")
     parser.add_argument("--baseline", default="grpo", help="Speed-up reference variant (grpo).")
-    parser.add_argument("--quick", action="store_true", help="CI preset: 2 variants, 1 seed, 4 steps.")
+    parser.add_argument(
+        "--quick", action="store_true", help="CI preset: 2 variants, 1 seed, 4 steps."
+    )
     parser.add_argument("--dry_run", action="store_true", help="Print the runs and estimate only.")
     parser.add_argument(
         "--report_only", action="store_true", help="Rebuild the report from existing run folders."
@@ -336,13 +349,31 @@ def main(argv: list[str]) -> dict[str, Any]:
     output = Path(args.output or f"runs/compare-{'quick-' if args.quick else ''}{args.task}")
 
     common = [
-        "--max_steps", str(max_steps), "--task", args.task, "--num_eval", str(num_eval),
-        "--eval_every", str(eval_every), *preset.train_flags,
+        "--max_steps",
+        str(max_steps),
+        "--task",
+        args.task,
+        "--num_eval",
+        str(num_eval),
+        "--eval_every",
+        str(eval_every),
+        *preset.train_flags,
     ]
     runs = [
-        Run(name, seed, output / "runs" / name / f"seed{seed}",
-            ["--output_dir", str(output / "runs" / name / f"seed{seed}"), "--seed", str(seed),
-             *common, *variant_flags(flags), *passthrough])
+        Run(
+            name,
+            seed,
+            output / "runs" / name / f"seed{seed}",
+            [
+                "--output_dir",
+                str(output / "runs" / name / f"seed{seed}"),
+                "--seed",
+                str(seed),
+                *common,
+                *variant_flags(flags),
+                *passthrough,
+            ],
+        )
         for seed in range(seeds)  # seed-major: a partial compare already covers every variant
         for name, flags in variants.items()
     ]
@@ -367,15 +398,24 @@ def main(argv: list[str]) -> dict[str, Any]:
     if not args.report_only:
         status = _run_all(runs, args.jobs)
     settings = {
-        "command": command, "variants": variants, "seeds": seeds, "max_steps": max_steps,
-        "num_eval": num_eval, "eval_every": eval_every, "task": args.task,
-        "passthrough": passthrough, "baseline": args.baseline, "status": status,
+        "command": command,
+        "variants": variants,
+        "seeds": seeds,
+        "max_steps": max_steps,
+        "num_eval": num_eval,
+        "eval_every": eval_every,
+        "task": args.task,
+        "passthrough": passthrough,
+        "baseline": args.baseline,
+        "status": status,
     }
     rows = write_report(output, runs, args.baseline, command, settings)
     failed = [k for k, v in status.items() if v == "failed"]
     print(f"report: {output / 'results.md'}", flush=True)
     if failed:
-        raise SystemExit(f"rlsd compare: {len(failed)} run(s) failed: {failed}; see their train.log.")
+        raise SystemExit(
+            f"rlsd compare: {len(failed)} run(s) failed: {failed}; see their train.log."
+        )
     return {"output": str(output), "rows": rows, "status": status, "estimate_s": estimate}
 
 
@@ -408,8 +448,10 @@ def _run_all(runs: list[Run], jobs: int) -> dict[str, str]:
         record = execute(run, extra)
         ok = record["returncode"] == 0 and (run.folder / "summary.json").exists()
         status[key] = "done" if ok else "failed"
-        say(f"[{key}] {status[key]} in {record['wall_s']:.0f} s"
-            + ("" if ok else f" (exit {record['returncode']}; see {run.folder / 'train.log'})"))
+        say(
+            f"[{key}] {status[key]} in {record['wall_s']:.0f} s"
+            + ("" if ok else f" (exit {record['returncode']}; see {run.folder / 'train.log'})")
+        )
 
     for run in runs:  # refuse a mismatched folder before anything starts
         check_folder(run)
@@ -435,8 +477,11 @@ def write_report(
     (output / "command.txt").write_text(command + "\n")
     (output / "compare.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
     if loaded:
-        plot_compare(loaded, output / "curves.png", title=f"rlsd compare: {settings['task']}, "
-                     f"mean over seeds, band = ± 1 std")
+        plot_compare(
+            loaded,
+            output / "curves.png",
+            title=f"rlsd compare: {settings['task']}, mean over seeds, band = ± 1 std",
+        )
     lines = [
         "# rlsd compare",
         "",
@@ -446,7 +491,10 @@ def write_report(
         f"{settings['num_eval']} held-out problems (sampled accuracy, temperature 1) every "
         f"{settings['eval_every']} steps. Variants (their only difference):",
         "",
-        *[f"- `{name}`: `{' '.join(variant_flags(flags))}`" for name, flags in settings["variants"].items()],
+        *[
+            f"- `{name}`: `{' '.join(variant_flags(flags))}`"
+            for name, flags in settings["variants"].items()
+        ],
         "",
         format_table(rows, baseline),
         f"Final accuracy: each seed's last evaluation, mean ± sample std over seeds. Best: the "

@@ -39,7 +39,9 @@ class RLSDConfig(GRPOConfig):
     )
     rlsd_lambda: float = field(
         default=0.5,
-        metadata={"help": "lam_0, the initial weight of the teacher's evidence (spec section 2.4)."},
+        metadata={
+            "help": "lam_0, the initial weight of the teacher's evidence (spec section 2.4)."
+        },
     )
     rlsd_lambda_decay_steps: int = field(
         default=50,
@@ -54,11 +56,20 @@ class RLSDConfig(GRPOConfig):
     )
     rlsd_eps_w: float = field(
         default=0.2,
-        metadata={"help": "Clip range of the token weight w to [1 - eps_w, 1 + eps_w] (paper: 0.2)."},
+        metadata={
+            "help": "Clip range of the token weight w to [1 - eps_w, 1 + eps_w] (paper: 0.2)."
+        },
     )
     rlsd_negative_only: bool = field(
         default=False,
         metadata={"help": "Reweight only responses with A < 0; A >= 0 keeps A_hat = A."},
+    )
+    rlsd_skip_zero_advantage: bool = field(
+        default=True,
+        metadata={
+            "help": "Skip the teacher forward for responses with A = 0 (all-equal groups), where "
+            "A_hat = 0 whatever the teacher says. Off only to measure what the skip saves."
+        },
     )
     rlsd_student_logp: str = field(
         default="old",
@@ -134,11 +145,19 @@ class RLSDConfig(GRPOConfig):
         if self.teacher_sync_steps is None:
             self.teacher_sync_steps = 0 if self.algorithm in ("opsd", "grpo_opsd") else 10
         if self.teacher_sync_steps < 0:
-            raise ValueError("teacher_sync_steps must be >= 0 (0 = never refresh, 1 = live weights).")
+            raise ValueError(
+                "teacher_sync_steps must be >= 0 (0 = never refresh, 1 = live weights)."
+            )
         if not 0.0 < self.rlsd_eps_w < 1.0:
             raise ValueError(f"rlsd_eps_w must be in (0, 1), got {self.rlsd_eps_w}.")
-        if self.rlsd_lambda < 0 or self.rlsd_lambda_decay_steps < 0 or self.rlsd_lambda_warmup_steps < 0:
-            raise ValueError("rlsd_lambda, rlsd_lambda_decay_steps and rlsd_lambda_warmup_steps must be >= 0.")
+        if (
+            self.rlsd_lambda < 0
+            or self.rlsd_lambda_decay_steps < 0
+            or self.rlsd_lambda_warmup_steps < 0
+        ):
+            raise ValueError(
+                "rlsd_lambda, rlsd_lambda_decay_steps and rlsd_lambda_warmup_steps must be >= 0."
+            )
         if self.rlsd_student_logp not in ("old", "current"):
             raise ValueError("rlsd_student_logp must be 'old' or 'current'.")
         if self.opsd_divergence not in ("jsd", "forward_kl", "reverse_kl", "sampled_token"):
@@ -148,7 +167,9 @@ class RLSDConfig(GRPOConfig):
         if not 0.0 <= self.opsd_beta <= 1.0:
             raise ValueError(f"opsd_beta must be in [0, 1], got {self.opsd_beta}.")
         if self.algorithm == "opd" and not self.teacher_model_name_or_path:
-            raise ValueError("algorithm='opd' needs `teacher_model_name_or_path` (a separate teacher).")
+            raise ValueError(
+                "algorithm='opd' needs `teacher_model_name_or_path` (a separate teacher)."
+            )
         if self.algorithm != "opd" and self.teacher_model_name_or_path:
             raise ValueError(
                 "`teacher_model_name_or_path` is only used by algorithm='opd'; the self-teacher of "

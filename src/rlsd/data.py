@@ -60,10 +60,14 @@ def _read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                errors.append(f"{path}: line {line_no}: not valid JSON ({e.msg} at column {e.colno})")
+                errors.append(
+                    f"{path}: line {line_no}: not valid JSON ({e.msg} at column {e.colno})"
+                )
                 continue
             if not isinstance(row, dict):
-                errors.append(f"{path}: line {line_no}: expected a JSON object, got {type(row).__name__}")
+                errors.append(
+                    f"{path}: line {line_no}: expected a JSON object, got {type(row).__name__}"
+                )
                 continue
             row["_line"] = line_no
             rows.append(row)
@@ -124,7 +128,11 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     errors += validate_rows(rows, str(path))
     if errors:
         shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
-        more = f"\n  ... and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
+        more = (
+            f"\n  ... and {len(errors) - MAX_ERRORS_SHOWN} more"
+            if len(errors) > MAX_ERRORS_SHOWN
+            else ""
+        )
         raise DataError(f"{len(errors)} problem(s) in {path}:\n  {shown}{more}")
     for r in rows:
         r.pop("_line", None)
@@ -162,7 +170,9 @@ def validate_rows(rows: Iterable[dict[str, Any]], source: str = "<data>") -> lis
         elif isinstance(prompt, list):
             for j, m in enumerate(prompt):
                 if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                    errors.append(f"{where}: column 'prompt': message {j} needs 'role' and 'content'")
+                    errors.append(
+                        f"{where}: column 'prompt': message {j} needs 'role' and 'content'"
+                    )
                     break
             else:
                 if not any(m["role"] == "user" for m in prompt):
@@ -176,11 +186,19 @@ def validate_rows(rows: Iterable[dict[str, Any]], source: str = "<data>") -> lis
         needed = VERIFIER_COLUMNS.get(verifier or "exact", ())
         for column in needed:
             if column not in row:
-                errors.append(f"{where}: column {column!r} is missing (needed by verifier {verifier or 'exact'!r})")
+                errors.append(
+                    f"{where}: column {column!r} is missing (needed by verifier {verifier or 'exact'!r})"
+                )
             elif _empty(row[column]):
-                errors.append(f"{where}: column {column!r} is empty (needed by verifier {verifier or 'exact'!r})")
+                errors.append(
+                    f"{where}: column {column!r} is empty (needed by verifier {verifier or 'exact'!r})"
+                )
         for column in ("privileged_context", "teacher_prompt"):
-            if column in row and row[column] is not None and not isinstance(row[column], (str, list)):
+            if (
+                column in row
+                and row[column] is not None
+                and not isinstance(row[column], (str, list))
+            ):
                 errors.append(f"{where}: column {column!r} must be text")
     return errors
 

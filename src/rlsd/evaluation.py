@@ -106,7 +106,9 @@ def evaluate(
                 flat_prompts.append(prompts[i])
                 # conversational prompts get conversational completions, as in TRL
                 flat_completions.append(
-                    [{"role": "assistant", "content": text}] if is_conversational(prompts[i]) else text
+                    [{"role": "assistant", "content": text}]
+                    if is_conversational(prompts[i])
+                    else text
                 )
                 for k in columns:
                     flat_columns[k].append(columns[k][i])

@@ -38,10 +38,14 @@ def fail_safe(fn: Callable, on_error: float | None = 0.0) -> Callable:
                 raise ValueError(f"returned {len(rewards)} rewards for {n} completions")
             return rewards
         except Exception as batch_error:  # noqa: BLE001 - a reward must never stop training
-            logger.warning("reward function %s raised on a batch: %r", wrapped.__name__, batch_error)
+            logger.warning(
+                "reward function %s raised on a batch: %r", wrapped.__name__, batch_error
+            )
         rewards: list[float | None] = []
         for i in range(n):  # score items alone: one bad item must not fail its batch
-            columns = {k: [v[i]] if isinstance(v, list) and len(v) == n else v for k, v in kwargs.items()}
+            columns = {
+                k: [v[i]] if isinstance(v, list) and len(v) == n else v for k, v in kwargs.items()
+            }
             prompt = [prompts[i]] if isinstance(prompts, list) and len(prompts) == n else prompts
             try:
                 value = fn(prompts=prompt, completions=[completions[i]], **columns)[0]

@@ -70,7 +70,9 @@ def teacher_prompt(
     if is_conversational(prompt):
         last_user = max(i for i, m in enumerate(prompt) if m.get("role") == "user")
         message = dict(prompt[last_user])
-        message["content"] = fill_template(template, str(message["content"]), privileged, instruction)
+        message["content"] = fill_template(
+            template, str(message["content"]), privileged, instruction
+        )
         return [*prompt[:last_user], message, *prompt[last_user + 1 :]]
     return fill_template(template, str(prompt), privileged, instruction)
 
@@ -103,5 +105,7 @@ def teacher_input_ids(
         prompt_ids[i, width - len(x) :] = torch.tensor(x, dtype=torch.long)
         prompt_mask[i, width - len(x) :] = 1
     input_ids = torch.cat([prompt_ids.to(device), completion_ids], dim=1)
-    attention_mask = torch.cat([prompt_mask.to(device), completion_mask.to(prompt_mask.dtype).to(device)], 1)
+    attention_mask = torch.cat(
+        [prompt_mask.to(device), completion_mask.to(prompt_mask.dtype).to(device)], 1
+    )
     return input_ids, attention_mask

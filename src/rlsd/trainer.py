@@ -67,7 +67,9 @@ class RLSDTrainer(GRPOTrainer):
             raise TypeError("RLSDTrainer needs an RLSDConfig (a GRPOConfig subclass).")
         if reward_funcs is not None:
             funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
-            reward_funcs = [fail_safe(f) if callable(f) and not isinstance(f, str) else f for f in funcs]
+            reward_funcs = [
+                fail_safe(f) if callable(f) and not isinstance(f, str) else f for f in funcs
+            ]
         # The teacher needs the privileged columns in every batch: keep the dataset's columns.
         args.remove_unused_columns = False
         super().__init__(model, reward_funcs=reward_funcs, args=args, **kwargs)
@@ -84,7 +86,10 @@ class RLSDTrainer(GRPOTrainer):
             teacher = AutoModelForCausalLM.from_pretrained(
                 args.teacher_model_name_or_path, dtype=self.model.dtype
             )
-            if teacher.config.vocab_size != self.accelerator.unwrap_model(self.model).config.vocab_size:
+            if (
+                teacher.config.vocab_size
+                != self.accelerator.unwrap_model(self.model).config.vocab_size
+            ):
                 raise ValueError(
                     "The opd teacher must share the student's tokenizer: vocab sizes differ "
                     f"({teacher.config.vocab_size} vs the student's)."
@@ -127,7 +132,9 @@ class RLSDTrainer(GRPOTrainer):
                 params = dict(policy.named_parameters())
                 for name, param in params.items():
                     if f".{TEACHER_ADAPTER}." in name:
-                        param.data.copy_(params[name.replace(f".{TEACHER_ADAPTER}.", ".default.")].data)
+                        param.data.copy_(
+                            params[name.replace(f".{TEACHER_ADAPTER}.", ".default.")].data
+                        )
                         param.requires_grad_(False)
         elif self.teacher_model is not None:
             target = self.accelerator.unwrap_model(self.teacher_model)
@@ -169,7 +176,11 @@ class RLSDTrainer(GRPOTrainer):
         model, context = self._teacher_context()
         with context:
             logps, _, _ = self._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, batch_size=self.args.per_device_train_batch_size
+                model,
+                input_ids,
+                attention_mask,
+                logits_to_keep,
+                batch_size=self.args.per_device_train_batch_size,
             )
         return logps.float()
 
@@ -183,14 +194,19 @@ class RLSDTrainer(GRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         start = time.perf_counter()
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        rewards_per_func = super()._calculate_rewards(
+            inputs, prompts, completions, completion_ids_list
+        )
         self._timings["verify"] += time.perf_counter() - start
         self._rewards_per_func = rewards_per_func  # gathered over processes, [N_global, F]
         return rewards_per_func
 
     def _spec_advantages(self, local_size: int) -> torch.Tensor | None:
         """Spec section 1 advantages of this process's rows, from the gathered rewards."""
-        if self._rewards_per_func is None or self.multi_objective_aggregation != "sum_then_normalize":
+        if (
+            self._rewards_per_func is None
+            or self.multi_objective_aggregation != "sum_then_normalize"
+        ):
             return None
         rewards_per_func = self._rewards_per_func
         weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
@@ -212,18 +228,30 @@ class RLSDTrainer(GRPOTrainer):
         if not args.uses_teacher:
             return output
 
+        start = time.perf_counter()
         self._maybe_sync_teacher()
+        self._timings["teacher"] += time.perf_counter() - start
         completion_ids, mask = output["completion_ids"], output["completion_mask"].float()
         if "tool_mask" in output:
             mask = mask * output["tool_mask"]
         step = self.state.global_step + 1  # the 1-based optimiser step this batch feeds
-        lam = lambda_at(step, args.rlsd_lambda, args.rlsd_lambda_decay_steps, args.rlsd_lambda_warmup_steps)
-        teacher_ids, teacher_mask = self._teacher_inputs(inputs, completion_ids, output["completion_mask"])
+        lam = lambda_at(
+            step, args.rlsd_lambda, args.rlsd_lambda_decay_steps, args.rlsd_lambda_warmup_steps
+        )
+        teacher_ids, teacher_mask = self._teacher_inputs(
+            inputs, completion_ids, output["completion_mask"]
+        )
         if args.vocab_distillation:  # the divergence needs full logits: computed at loss time
-            output["teacher_input_ids"], output["teacher_attention_mask"] = teacher_ids, teacher_mask
+            output["teacher_input_ids"], output["teacher_attention_mask"] = (
+                teacher_ids,
+                teacher_mask,
+            )
         if args.algorithm == "rlsd":
             self._metrics[mode]["rlsd/lambda"].append(lam)
-        if args.algorithm == "rlsd" and (lam == 0.0 or not bool((advantages_B != 0).any())):
+        skip_zero = args.rlsd_skip_zero_advantage
+        if args.algorithm == "rlsd" and (
+            lam == 0.0 or (skip_zero and not bool((advantages_B != 0).any()))
+        ):
             self._metrics[mode]["rlsd/teacher_skipped_ratio"].append(1.0)
             return output  # A_hat = A exactly: TRL's 1-D advantages are already right
         if not args.uses_token_advantages:
@@ -231,8 +259,9 @@ class RLSDTrainer(GRPOTrainer):
 
         start = time.perf_counter()
         # Only responses with A != 0 can be reweighted; the others keep A_hat = 0 (rlsd).
-        rows = (advantages_B != 0).nonzero().squeeze(1) if args.algorithm == "rlsd" else None
-        if rows is None:
+        if args.algorithm == "rlsd" and skip_zero:
+            rows = (advantages_B != 0).nonzero().squeeze(1)
+        else:
             rows = torch.arange(completion_ids.size(0), device=completion_ids.device)
         T = completion_ids.size(1)
         logp_teacher = torch.zeros_like(mask)
@@ -246,18 +275,35 @@ class RLSDTrainer(GRPOTrainer):
             attention = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
             with torch.no_grad():
                 logp_student[rows] = self._get_per_token_logps_and_entropies(
-                    self.model, prompt_completion[rows], attention[rows], T,
+                    self.model,
+                    prompt_completion[rows],
+                    attention[rows],
+                    T,
                     batch_size=args.per_device_train_batch_size,
                 )[0].float()
         self._timings["teacher"] += time.perf_counter() - start
-        self._metrics[mode]["rlsd/teacher_skipped_ratio"].append(1.0 - len(rows) / max(1, len(mask)))
+        self._metrics[mode]["rlsd/teacher_skipped_ratio"].append(
+            1.0 - len(rows) / max(1, len(mask))
+        )
 
         if args.algorithm == "rlsd":
             a_hat = rlsd_token_advantages(
-                advantages_B, logp_student, logp_teacher, mask, lam, args.rlsd_eps_w, args.rlsd_negative_only
+                advantages_B,
+                logp_student,
+                logp_teacher,
+                mask,
+                lam,
+                args.rlsd_eps_w,
+                args.rlsd_negative_only,
             )
             stats = rlsd_stats(
-                advantages_B, logp_student, logp_teacher, mask, lam, args.rlsd_eps_w, args.rlsd_negative_only
+                advantages_B,
+                logp_student,
+                logp_teacher,
+                mask,
+                lam,
+                args.rlsd_eps_w,
+                args.rlsd_negative_only,
             )
         else:  # opsd / opd, sampled-token variant: A_hat = delta
             a_hat = sampled_token_distill_advantages(logp_student, logp_teacher, mask)
@@ -285,8 +331,12 @@ class RLSDTrainer(GRPOTrainer):
                     model, ids, attention, inputs["completion_ids"].size(1)
                 )[0].float()
             inputs["advantages"] = rlsd_token_advantages(
-                inputs["rlsd_advantages_B"], current, inputs["rlsd_logp_teacher"],
-                inputs["completion_mask"].float(), float(inputs["rlsd_lambda"]), args.rlsd_eps_w,
+                inputs["rlsd_advantages_B"],
+                current,
+                inputs["rlsd_logp_teacher"],
+                inputs["completion_mask"].float(),
+                float(inputs["rlsd_lambda"]),
+                args.rlsd_eps_w,
                 args.rlsd_negative_only,
             )
         if not args.vocab_distillation:
@@ -318,11 +368,15 @@ class RLSDTrainer(GRPOTrainer):
             teacher_logits = self._full_logits(
                 teacher_model, inputs["teacher_input_ids"], inputs["teacher_attention_mask"], T
             )
-        beta = {"jsd": args.opsd_beta, "forward_kl": 0.0, "reverse_kl": 1.0}.get(args.opsd_divergence, 0.5)
+        beta = {"jsd": args.opsd_beta, "forward_kl": 0.0, "reverse_kl": 1.0}.get(
+            args.opsd_divergence, 0.5
+        )
         divergence = generalized_jsd(student_logits, teacher_logits, mask, beta=beta)
         normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
         if mode == "train":
-            normalizer = normalizer * self.current_gradient_accumulation_steps / args.steps_per_generation
+            normalizer = (
+                normalizer * self.current_gradient_accumulation_steps / args.steps_per_generation
+            )
         loss = divergence * mask.sum() / normalizer
         self._metrics[mode]["opsd/divergence"].append(
             self.accelerator.gather(divergence.detach().reshape(1)).mean().item()
@@ -332,7 +386,9 @@ class RLSDTrainer(GRPOTrainer):
                 logp = torch.log_softmax(student_logits, dim=-1)
                 entropy = -(logp.exp() * logp).sum(-1)
                 value = (entropy * mask).sum() / mask.sum().clamp(min=1)
-            self._metrics[mode]["entropy"].append(self.accelerator.gather(value.reshape(1)).mean().item())
+            self._metrics[mode]["entropy"].append(
+                self.accelerator.gather(value.reshape(1)).mean().item()
+            )
         return loss
 
     # ------------------------------------------------------------------- timing and logging
@@ -340,7 +396,9 @@ class RLSDTrainer(GRPOTrainer):
         start = time.perf_counter()
         before = dict(self._timings)
         loss = super().training_step(model, inputs, num_items_in_batch)
-        spent = {k: self._timings[k] - before.get(k, 0.0) for k in ("generate", "verify", "teacher")}
+        spent = {
+            k: self._timings[k] - before.get(k, 0.0) for k in ("generate", "verify", "teacher")
+        }
         self._timings["update"] += time.perf_counter() - start - sum(spent.values())
         if self._step % self.current_gradient_accumulation_steps == 0:
             for name in ("generate", "verify", "teacher", "update"):
@@ -389,7 +447,9 @@ class RLSDTrainer(GRPOTrainer):
             return
         folder = Path(checkpoint) / TEACHER_STATE_DIR
         if (folder / "state.json").exists():
-            self._teacher_synced_at = json.loads((folder / "state.json").read_text())["teacher_synced_at"]
+            self._teacher_synced_at = json.loads((folder / "state.json").read_text())[
+                "teacher_synced_at"
+            ]
         if not (folder / "model.safetensors").exists():
             return
         tensors = load_file(str(folder / "model.safetensors"))

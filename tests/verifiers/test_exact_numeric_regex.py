@@ -49,8 +49,19 @@ def test_exact_missing_column_raises_with_fix_and_none_row_is_failure():
 
 @pytest.mark.parametrize(
     "text,value",
-    [("1,234", 1234.0), ("-3/4", -0.75), (r"\frac{1}{8}", 0.125), ("$12", 12.0), ("50%", 50.0),
-     ("x = 2.5", 2.5), ("1e-3", 0.001), (".5", 0.5), ("1,23", None), ("3/0", None), ("abc", None)],
+    [
+        ("1,234", 1234.0),
+        ("-3/4", -0.75),
+        (r"\frac{1}{8}", 0.125),
+        ("$12", 12.0),
+        ("50%", 50.0),
+        ("x = 2.5", 2.5),
+        ("1e-3", 0.001),
+        (".5", 0.5),
+        ("1,23", None),
+        ("3/0", None),
+        ("abc", None),
+    ],
 )
 def test_parse_number(text, value):
     assert parse_number(text) == value

@@ -62,8 +62,7 @@ def test_writes_outside_the_work_dir_fail(code_fn, tmp_path):
     sentinel.write_text("original")
     os.chmod(tmp_path, 0o755)  # the sandbox may see the file, but must not change it
     hostile = (
-        f"open({str(sentinel)!r}, 'w').write('pwned')\n"
-        f"import os\nos.remove({str(sentinel)!r})"
+        f"open({str(sentinel)!r}, 'w').write('pwned')\nimport os\nos.remove({str(sentinel)!r})"
     )
     assert score_then_good(code_fn, hostile) == [0.0, 1.0]
     assert sentinel.read_text() == "original"
@@ -163,8 +162,12 @@ def test_sql_writes_are_refused_and_the_file_is_untouched(sqlite_file, tmp_path,
     before = hashlib.sha256(sqlite_file.read_bytes()).hexdigest()
     fn = get_verifier("sql")
     reference = "SELECT x FROM t"
-    rewards = fn(None, [query.format(other=other), reference], answer=[reference] * 2,
-                 database=[str(sqlite_file)] * 2)
+    rewards = fn(
+        None,
+        [query.format(other=other), reference],
+        answer=[reference] * 2,
+        database=[str(sqlite_file)] * 2,
+    )
     assert rewards == [0.0, 1.0]
     assert hashlib.sha256(sqlite_file.read_bytes()).hexdigest() == before
     assert not other.exists()
@@ -173,12 +176,14 @@ def test_sql_writes_are_refused_and_the_file_is_untouched(sqlite_file, tmp_path,
 
 def test_sql_runaway_recursive_cte_is_stopped(sqlite_file):
     fn = get_verifier("sql", time_limit=0.5)
-    runaway = ("WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c) "
-               "SELECT count(*) FROM c")
+    runaway = (
+        "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c) SELECT count(*) FROM c"
+    )
     cross = "SELECT count(*) FROM t a, t b, t c, t d, t e, t f, t g, t h, t i, t j, t k, t l, t m"
     reference = "SELECT count(*) FROM t"
-    rewards = fn(None, [runaway, cross, reference], answer=[reference] * 3,
-                 database=[str(sqlite_file)] * 3)
+    rewards = fn(
+        None, [runaway, cross, reference], answer=[reference] * 3, database=[str(sqlite_file)] * 3
+    )
     assert rewards == [0.0, 0.0, 1.0]
 
 

@@ -58,7 +58,8 @@ def test_format_reward():
     assert fn(None, completions) == [1.0, 0.0, 0.0, 0.0, 0.0]
     with_think = get_verifier("format", think=True)
     assert with_think(None, ["<answer>5</answer>", "<think>a</think> <answer>5</answer>"]) == [
-        0.0, 1.0,
+        0.0,
+        1.0,
     ]
     arithmetic = get_verifier("format", pattern=r"(?:[^;]*;)*A:-?\d+")
     assert arithmetic(None, ["7+3=10;10-5=5;A:5", "A:", "5"]) == [1.0, 0.0, 0.0]
@@ -73,8 +74,13 @@ def test_called_with_trl_keyword_arguments():
         [{"role": "assistant", "content": "A:9"}],
     ]
     rewards = fn(
-        prompts=prompts, completions=completions, completion_ids=[[1], [2]],
-        answer=["10", "10"], difficulty=[1, 2], trainer_state=object(),
-        log_extra=lambda *a: None, log_metric=lambda *a: None,
+        prompts=prompts,
+        completions=completions,
+        completion_ids=[[1], [2]],
+        answer=["10", "10"],
+        difficulty=[1, 2],
+        trainer_state=object(),
+        log_extra=lambda *a: None,
+        log_metric=lambda *a: None,
     )
     assert rewards == [1.0, 0.0]

@@ -48,8 +48,9 @@ def test_equivalent_queries_and_near_misses():
 
 def test_multiset_counts_duplicates_and_order_by_matters(db_file):
     fn = get_verifier("sql")
-    dup = fn.score_one("SELECT DISTINCT dept FROM emp", answer="SELECT dept FROM emp",
-                       database=db_file)
+    dup = fn.score_one(
+        "SELECT DISTINCT dept FROM emp", answer="SELECT dept FROM emp", database=db_file
+    )
     assert dup == 0.0
     ordered = "SELECT id FROM emp ORDER BY id DESC"
     assert fn.score_one("SELECT id FROM emp ORDER BY -id", answer=ordered, database=db_file) == 1.0

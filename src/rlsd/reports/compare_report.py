@@ -277,8 +277,14 @@ def plot_compare(runs: Runs, out: str | Path, title: str = "") -> Path:
                 continue
             color = f"C{i % 10}"
             marker = "o" if key.startswith("eval/") else None
-            ax.plot(steps, mean, color=color, marker=marker, markersize=3,
-                    label=f"{variant} (n={len(seeds)})")
+            ax.plot(
+                steps,
+                mean,
+                color=color,
+                marker=marker,
+                markersize=3,
+                label=f"{variant} (n={len(seeds)})",
+            )
             low = [m - s for m, s in zip(mean, std, strict=True)]
             high = [m + s for m, s in zip(mean, std, strict=True)]
             ax.fill_between(steps, low, high, color=color, alpha=0.18, linewidth=0)

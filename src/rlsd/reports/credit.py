@@ -168,8 +168,12 @@ def compute_credit(
             student_mask = torch.cat([torch.ones_like(student_ids[:, :P]), mask_GT], 1)
             logp_s_GT = _sampled_logps(model, student_ids, student_mask, T, temperature)
             teacher_ids, teacher_mask = teacher_input_ids(
-                tokenizer, [row] * group_size, completion_ids_GT, mask_GT,
-                teacher_template, teacher_instruction,
+                tokenizer,
+                [row] * group_size,
+                completion_ids_GT,
+                mask_GT,
+                teacher_template,
+                teacher_instruction,
             )
             logp_t_GT = _sampled_logps(model, teacher_ids, teacher_mask, T, temperature)
             a_hat_GT = rlsd_token_advantages(
@@ -186,33 +190,37 @@ def compute_credit(
                 delta = [t - s for s, t in zip(lp_s, lp_t, strict=True)]
                 log_ratio = [sign * d for d in delta]
                 a_hat = a_hat_GT[g, :n].tolist()
-                samples.append({
-                    "text": texts[g],
-                    "reward": _finite(rewards_G[g]),
-                    "advantage": adv,
-                    "correct": bool(rewards_G[g] >= success_threshold),
-                    "tokens": [tokenizer.decode([i]) for i in ids],
-                    "token_ids": ids,
-                    "logp_student": lp_s,
-                    "logp_teacher": lp_t,
-                    "delta": delta,
-                    "log_ratio": log_ratio,
-                    "w": [math.exp(min(x, _W_LOG_CAP)) for x in log_ratio],
-                    "w_clip": [math.exp(min(max(x, lo), hi)) for x in log_ratio],
-                    "a_hat": a_hat,
-                    "credit": [a / adv if adv != 0 else None for a in a_hat],
-                })
+                samples.append(
+                    {
+                        "text": texts[g],
+                        "reward": _finite(rewards_G[g]),
+                        "advantage": adv,
+                        "correct": bool(rewards_G[g] >= success_threshold),
+                        "tokens": [tokenizer.decode([i]) for i in ids],
+                        "token_ids": ids,
+                        "logp_student": lp_s,
+                        "logp_teacher": lp_t,
+                        "delta": delta,
+                        "log_ratio": log_ratio,
+                        "w": [math.exp(min(x, _W_LOG_CAP)) for x in log_ratio],
+                        "w_clip": [math.exp(min(max(x, lo), hi)) for x in log_ratio],
+                        "a_hat": a_hat,
+                        "credit": [a / adv if adv != 0 else None for a in a_hat],
+                    }
+                )
             teacher_prompt_len = teacher_ids.shape[1] - T
-            records.append({
-                "index": len(records),
-                "prompt": tokenizer.decode(prompt_ids[0], skip_special_tokens=True),
-                "privileged": _privileged_or_none(row),
-                "teacher_prompt": tokenizer.decode(
-                    teacher_ids[0, :teacher_prompt_len], skip_special_tokens=True
-                ),
-                "answer": None if row.get("answer") is None else str(row.get("answer")),
-                "samples": samples,
-            })
+            records.append(
+                {
+                    "index": len(records),
+                    "prompt": tokenizer.decode(prompt_ids[0], skip_special_tokens=True),
+                    "privileged": _privileged_or_none(row),
+                    "teacher_prompt": tokenizer.decode(
+                        teacher_ids[0, :teacher_prompt_len], skip_special_tokens=True
+                    ),
+                    "answer": None if row.get("answer") is None else str(row.get("answer")),
+                    "samples": samples,
+                }
+            )
     finally:
         torch.random.set_rng_state(rng_state)
         model.train(was_training)
@@ -428,7 +436,9 @@ def _problem_html(record: dict[str, Any], lam: float, eps_w: float) -> str:
         f'<details><summary>full teacher prompt</summary><pre class="mono">'
         f"{esc(record['teacher_prompt'])}</pre></details></div>"
     )
-    answer = "" if record["answer"] is None else f" &middot; reference answer: {esc(record['answer'])}"
+    answer = (
+        "" if record["answer"] is None else f" &middot; reference answer: {esc(record['answer'])}"
+    )
     prompt_box = (
         '<div class="box"><div class="label">Student prompt</div>'
         f'<div class="mono">{esc(record["prompt"])}</div></div>'
@@ -436,7 +446,9 @@ def _problem_html(record: dict[str, Any], lam: float, eps_w: float) -> str:
     columns = []
     for ok, title in ((True, "Correct"), (False, "Incorrect")):
         chosen = [s for s in record["samples"] if s["correct"] == ok]
-        body = "".join(_sample_html(s, lam, eps_w) for s in chosen) or '<div class="empty">none</div>'
+        body = (
+            "".join(_sample_html(s, lam, eps_w) for s in chosen) or '<div class="empty">none</div>'
+        )
         columns.append(f'<div class="col"><h3>{title} ({len(chosen)})</h3>{body}</div>')
     rewards = ", ".join(_fmt(s["reward"], ".2g") for s in record["samples"])
     return (
@@ -459,14 +471,20 @@ def render_html(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
         ("model", meta.get("model", "?")),
         ("task / data", meta.get("task", "?")),
         ("lambda, eps_w", f"{lam:g}, {eps_w:g}"),
-        ("group size, temperature, seed",
-         f"{meta.get('group_size', '?')}, {meta.get('temperature', '?')}, {meta.get('seed', '?')}"),
-        ("problems (with mixed rewards)",
-         f"{summary.get('num_problems', 0)} ({summary.get('mixed_groups', 0)})"),
+        (
+            "group size, temperature, seed",
+            f"{meta.get('group_size', '?')}, {meta.get('temperature', '?')}, {meta.get('seed', '?')}",
+        ),
+        (
+            "problems (with mixed rewards)",
+            f"{summary.get('num_problems', 0)} ({summary.get('mixed_groups', 0)})",
+        ),
         ("sampled accuracy", _fmt(summary.get("accuracy"), ".3f")),
-        ("tokens with w clipped",
-         f"{_fmt(summary.get('clip_ratio'), '.1%')} (low {_fmt(summary.get('clip_low_ratio'), '.1%')}, "
-         f"high {_fmt(summary.get('clip_high_ratio'), '.1%')}) of tokens with A != 0"),
+        (
+            "tokens with w clipped",
+            f"{_fmt(summary.get('clip_ratio'), '.1%')} (low {_fmt(summary.get('clip_low_ratio'), '.1%')}, "
+            f"high {_fmt(summary.get('clip_high_ratio'), '.1%')}) of tokens with A != 0",
+        ),
         ("mean |A_hat| / |A|", _fmt(summary.get("adv_hat_over_adv"), ".4f")),
         ("mean delta", _fmt(summary.get("delta_mean"), "+.4f")),
     ]
@@ -505,9 +523,11 @@ def _pick_for_png(records: Sequence[dict[str, Any]], per_kind: int) -> list[tupl
     problems that have both; falls back to any samples."""
     ordered = sorted(
         records,
-        key=lambda r: -min(
-            sum(s["correct"] and s["advantage"] != 0 for s in r["samples"]),
-            sum(not s["correct"] and s["advantage"] != 0 for s in r["samples"]),
+        key=lambda r: (
+            -min(
+                sum(s["correct"] and s["advantage"] != 0 for s in r["samples"]),
+                sum(not s["correct"] and s["advantage"] != 0 for s in r["samples"]),
+            )
         ),
     )
     picked: list[tuple[dict, dict]] = []
@@ -546,7 +566,8 @@ def render_png(
     lines: list[tuple[str, list[tuple[str, str]]]] = []  # (label, [(token, colour)])
     for record, s in picked:
         toks = [
-            (tok, credit_color(c, lam, eps_w)) for tok, c in zip(s["tokens"], s["credit"], strict=True)
+            (tok, credit_color(c, lam, eps_w))
+            for tok, c in zip(s["tokens"], s["credit"], strict=True)
         ]
         mark = "correct" if s["correct"] else "wrong"
         label = f"P{record['index'] + 1} {mark}\nA={s['advantage']:+.2f}"
@@ -569,23 +590,34 @@ def render_png(
             shown = {"\n": "\u21b5", " ": "\u00b7"}.get(tok, tok)
             if len(shown) > 2:  # special tokens such as <eos>
                 shown = shown.strip("<>")[:3]
-            ax.text(x + 0.47, y + 0.52, shown, ha="center", va="center",
-                    fontsize=8 if len(shown) == 1 else 5, family="monospace",
-                    color=_text_color(color))
+            ax.text(
+                x + 0.47,
+                y + 0.52,
+                shown,
+                ha="center",
+                va="center",
+                fontsize=8 if len(shown) == 1 else 5,
+                family="monospace",
+                color=_text_color(color),
+            )
     if picked:
         first = picked[0][0]
         priv = first["privileged"] or "(teacher prompt)"
         fig.suptitle(
             f"RLSD relative credit A_hat/A per token (lambda={lam:g}, eps_w={eps_w:g})\n"
             f"student: {first['prompt']}   teacher only: {priv}"[:200],
-            fontsize=9, family="monospace", y=1 - 0.08 / fig_h, va="top",
+            fontsize=9,
+            family="monospace",
+            y=1 - 0.08 / fig_h,
+            va="top",
         )
     cmap = LinearSegmentedColormap.from_list("rlsd_rdbu", list(_STOPS))
     half = lam * eps_w if lam * eps_w > 0 else 1e-6
     cax = fig.add_axes((0.25, 0.5 / fig_h, 0.5, 0.13 / fig_h))
     bar = fig.colorbar(
         plt.cm.ScalarMappable(norm=Normalize(1 - half, 1 + half), cmap=cmap),
-        cax=cax, orientation="horizontal",
+        cax=cax,
+        orientation="horizontal",
     )
     bar.set_label("A_hat / A   (blue: less weight than GRPO, red: more; grey: A = 0)", fontsize=8)
     bar.ax.tick_params(labelsize=7)
@@ -609,25 +641,45 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="arithmetic", help="built-in task (eval split) if no data")
     p.add_argument("--dataset_path", default=None, help="rows in rlsd's format (rlsd.data)")
     p.add_argument("--num_problems", type=int, default=6, help="problems to show")
-    p.add_argument("--privileged", default="solution", choices=("solution", "answer"),
-                   help="built-in task: worked solution or final answer as privileged context")
+    p.add_argument(
+        "--privileged",
+        default="solution",
+        choices=("solution", "answer"),
+        help="built-in task: worked solution or final answer as privileged context",
+    )
     p.add_argument("--group_size", type=int, default=8, help="G, responses per prompt")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--max_new_tokens", type=int, default=None,
-                   help="default: the task's max_completion_length, else 40")
+    p.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=None,
+        help="default: the task's max_completion_length, else 40",
+    )
     p.add_argument("--lam", type=float, default=0.5, help="lambda (0.5: its peak, spec 2.4)")
     p.add_argument("--eps_w", type=float, default=0.2, help="clip half-width of w (spec 2.4)")
     p.add_argument("--negative_only", action="store_true", help="reweight only A < 0")
-    p.add_argument("--teacher_template", default=None,
-                   help="default: the task's template for built-in tasks, else the spec's")
+    p.add_argument(
+        "--teacher_template",
+        default=None,
+        help="default: the task's template for built-in tasks, else the spec's",
+    )
     p.add_argument("--teacher_instruction", default="")
-    p.add_argument("--reward_funcs", nargs="+", default=["exact"],
-                   help="verifier (the first is used; a `verifier` column routes per row)")
-    p.add_argument("--success_threshold", type=float, default=1.0,
-                   help="reward at which a response counts as correct")
+    p.add_argument(
+        "--reward_funcs",
+        nargs="+",
+        default=["exact"],
+        help="verifier (the first is used; a `verifier` column routes per row)",
+    )
+    p.add_argument(
+        "--success_threshold",
+        type=float,
+        default=1.0,
+        help="reward at which a response counts as correct",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--png_samples", type=int, default=2,
-                   help="correct and incorrect responses each in the PNG")
+    p.add_argument(
+        "--png_samples", type=int, default=2, help="correct and incorrect responses each in the PNG"
+    )
     return p
 
 
@@ -660,16 +712,31 @@ def main(argv: list[str]) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     records = compute_credit(
-        model, tokenizer, rows, reward_fn, group_size=args.group_size, lam=args.lam,
-        eps_w=args.eps_w, temperature=args.temperature, teacher_template=template,
-        max_new_tokens=max_new_tokens, seed=args.seed,
-        teacher_instruction=args.teacher_instruction, negative_only=args.negative_only,
+        model,
+        tokenizer,
+        rows,
+        reward_fn,
+        group_size=args.group_size,
+        lam=args.lam,
+        eps_w=args.eps_w,
+        temperature=args.temperature,
+        teacher_template=template,
+        max_new_tokens=max_new_tokens,
+        seed=args.seed,
+        teacher_instruction=args.teacher_instruction,
+        negative_only=args.negative_only,
         success_threshold=args.success_threshold,
     )
     meta = {
-        "model": model_path, "task": source, "lam": args.lam, "eps_w": args.eps_w,
-        "negative_only": args.negative_only, "group_size": args.group_size,
-        "temperature": args.temperature, "seed": args.seed, "teacher_template": template,
+        "model": model_path,
+        "task": source,
+        "lam": args.lam,
+        "eps_w": args.eps_w,
+        "negative_only": args.negative_only,
+        "group_size": args.group_size,
+        "temperature": args.temperature,
+        "seed": args.seed,
+        "teacher_template": template,
         "max_new_tokens": max_new_tokens,
     }
     meta["summary"] = summarize(records, args.lam, args.eps_w, args.negative_only)

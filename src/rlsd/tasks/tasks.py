@@ -57,7 +57,9 @@ class CountingTask(Task):
         self.alphabet, self.min_len, self.max_len = alphabet, min_len, max_len
 
     def sample(self, rng: random.Random) -> Problem:
-        word = "".join(rng.choice(self.alphabet) for _ in range(rng.randint(self.min_len, self.max_len)))
+        word = "".join(
+            rng.choice(self.alphabet) for _ in range(rng.randint(self.min_len, self.max_len))
+        )
         target = rng.choice(self.alphabet)
         count = word.count(target)
         minus = rng.randint(0, count) if count else 0

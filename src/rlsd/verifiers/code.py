@@ -133,9 +133,12 @@ def code_verifier(
     if time_limit <= 0:
         raise ValueError(f"time_limit must be > 0 seconds, got {time_limit}")
     limits = sandbox.Limits(memory_mb=memory_mb, nproc=nproc, file_size_mb=file_size_mb)
-    score = partial(
-        score_code, all_or_nothing=all_or_nothing, time_limit=time_limit, limits=limits
-    )
+    score = partial(score_code, all_or_nothing=all_or_nothing, time_limit=time_limit, limits=limits)
     return RewardFunction(
-        "code", score, columns=("tests",), backend=backend, timeout=timeout, **options  # type: ignore[arg-type]
+        "code",
+        score,
+        columns=("tests",),
+        backend=backend,
+        timeout=timeout,
+        **options,  # type: ignore[arg-type]
     )

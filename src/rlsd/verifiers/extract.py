@@ -38,8 +38,10 @@ _MARKER_RE = re.compile(
     r"(?:(?:^|(?<=[\s;,]))A\s*:|(?i:\b(?:final\s+answer|answer)\s*(?::|is\b)))[ \t]*([^\n]*)",
     re.MULTILINE,
 )
-_NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?(?:/\d+)?|"
-                        r"[-+]?\.\d+(?:[eE][-+]?\d+)?")
+_NUMBER_RE = re.compile(
+    r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?(?:/\d+)?|"
+    r"[-+]?\.\d+(?:[eE][-+]?\d+)?"
+)
 
 
 def completion_text(completion: Any) -> str:

@@ -108,9 +108,11 @@ def lookup(instance: Any, path: str) -> Any:
     for part in path.split("."):
         if isinstance(value, dict) and part in value:
             value = value[part]
-        elif isinstance(value, list) and part.lstrip("-").isdigit() and -len(value) <= int(
-            part
-        ) < len(value):
+        elif (
+            isinstance(value, list)
+            and part.lstrip("-").isdigit()
+            and -len(value) <= int(part) < len(value)
+        ):
             value = value[int(part)]
         else:
             return _MISSING
@@ -156,7 +158,10 @@ def json_schema_verifier(
     `format_check=True` enforces `"format"` keywords. Other options go to `RewardFunction`.
     """
     score = bind(
-        score_json, partial_credit=partial, format_check=format_check,
-        max_chars=max_chars, max_depth=max_depth,
+        score_json,
+        partial_credit=partial,
+        format_check=format_check,
+        max_chars=max_chars,
+        max_depth=max_depth,
     )
     return RewardFunction("json_schema", score, columns=("schema",), **options)

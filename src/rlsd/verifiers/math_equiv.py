@@ -105,5 +105,10 @@ def math_verifier(
         strict=strict,
     )
     return RewardFunction(
-        "math", score, columns=("answer",), backend=backend, timeout=timeout, **options  # type: ignore[arg-type]
+        "math",
+        score,
+        columns=("answer",),
+        backend=backend,
+        timeout=timeout,
+        **options,  # type: ignore[arg-type]
     )

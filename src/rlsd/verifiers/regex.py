@@ -65,8 +65,13 @@ def regex_verifier(
     if pattern is not None:
         _compile(pattern, flags)  # fail early on a bad pattern
     score = partial(
-        score_regex, pattern=pattern, search=search, flags=flags,
-        order=check_order(extract), which=which, max_chars=max_chars,
+        score_regex,
+        pattern=pattern,
+        search=search,
+        flags=flags,
+        order=check_order(extract),
+        which=which,
+        max_chars=max_chars,
     )
     columns = () if pattern is not None else ("answer",)
     return RewardFunction("regex", score, columns=columns, **options)

@@ -53,10 +53,36 @@ from dataclasses import asdict, dataclass
 # Imported by the runner before dropping privileges: the interpreter's stdlib may live under
 # a directory only root can read (e.g. /root/.pyenv), and warm modules start faster.
 PREIMPORT: tuple[str, ...] = (
-    "abc", "array", "bisect", "cmath", "collections", "copy", "dataclasses", "datetime",
-    "decimal", "enum", "fractions", "functools", "hashlib", "heapq", "io", "itertools", "json",
-    "math", "numbers", "operator", "random", "re", "socket", "statistics", "string", "struct",
-    "textwrap", "time", "typing", "unicodedata",
+    "abc",
+    "array",
+    "bisect",
+    "cmath",
+    "collections",
+    "copy",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "enum",
+    "fractions",
+    "functools",
+    "hashlib",
+    "heapq",
+    "io",
+    "itertools",
+    "json",
+    "math",
+    "numbers",
+    "operator",
+    "random",
+    "re",
+    "socket",
+    "statistics",
+    "string",
+    "struct",
+    "textwrap",
+    "time",
+    "typing",
+    "unicodedata",
 )
 
 _UID_RANGE = (60001, 64999)
@@ -220,8 +246,15 @@ def _kill_uid(uid: int) -> None:
     """Kill every process left running as `uid` (only needed without a PID namespace)."""
     code = "import os, signal; os.kill(-1, signal.SIGKILL)"
     subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code], user=uid, group=uid, extra_groups=[],
-        stdin=subprocess.DEVNULL, capture_output=True, timeout=10, env={}, check=False,
+        [sys.executable, "-I", "-S", "-c", code],
+        user=uid,
+        group=uid,
+        extra_groups=[],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=10,
+        env={},
+        check=False,
     )
 
 
@@ -266,18 +299,36 @@ def run(
         }
         nonce = secrets.token_hex(16)
         payload = {
-            "source": source, "mode": mode, "stdin": stdin, "tests": tests or [],
-            "per_test_s": per_test_s, "limits": asdict(limits), "uid": uid,
-            "nonce": nonce, "report_fd": fds["report"], "preimport": PREIMPORT,
+            "source": source,
+            "mode": mode,
+            "stdin": stdin,
+            "tests": tests or [],
+            "per_test_s": per_test_s,
+            "limits": asdict(limits),
+            "uid": uid,
+            "nonce": nonce,
+            "report_fd": fds["report"],
+            "preimport": PREIMPORT,
             "pid_namespace": "pid" in iso.namespaces,
         }
-        env = {"PATH": "/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8",
-               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8"}
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": work,
+            "TMPDIR": work,
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONIOENCODING": "utf-8",
+        }
         try:
             proc = subprocess.Popen(
                 [*iso.prefix, sys.executable, "-I", "-c", RUNNER],
-                stdin=subprocess.PIPE, stdout=fds["stdout"], stderr=fds["stderr"],
-                pass_fds=(fds["report"],), cwd=work, env=env, start_new_session=True,
+                stdin=subprocess.PIPE,
+                stdout=fds["stdout"],
+                stderr=fds["stderr"],
+                pass_fds=(fds["report"],),
+                cwd=work,
+                env=env,
+                start_new_session=True,
             )
         finally:
             for fd in fds.values():
@@ -297,7 +348,7 @@ def run(
                 _kill_uid(uid)
         prefix = nonce + " "
         reports = [
-            line[len(prefix):]
+            line[len(prefix) :]
             for line in _read(paths["report"], 1_000_000).splitlines()
             if line.startswith(prefix)
         ]

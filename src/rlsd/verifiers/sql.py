@@ -182,6 +182,10 @@ def sql_verifier(
     """
     score = partial(score_sql, time_limit=time_limit, max_rows=max_rows)
     return RewardFunction(
-        "sql", score, columns=("answer", "database"), backend=backend,  # type: ignore[arg-type]
-        timeout=max(10.0, 4 * time_limit), **options,
+        "sql",
+        score,
+        columns=("answer", "database"),
+        backend=backend,  # type: ignore[arg-type]
+        timeout=max(10.0, 4 * time_limit),
+        **options,
     )
