@@ -217,3 +217,58 @@ def test_peft_teacher_is_a_snapshot_adapter(tiny_path, tmp_path):
         for n, p in teacher.items()
     ]
     assert any(diffs)
+
+
+@pytest.mark.parametrize(
+    "algorithm,extra,metric",
+    [
+        ("opsd", {}, "opsd/divergence"),
+        ("grpo_opsd", {}, "opsd/divergence"),
+        ("opsd", {"opsd_divergence": "sampled_token"}, "rlsd/delta_mean"),
+        ("opsd", {"opsd_divergence": "reverse_kl"}, "opsd/divergence"),
+        ("grpo", {}, "reward"),
+    ],
+)
+def test_baselines_train_under_the_same_api(tiny_path, tmp_path, algorithm, extra, metric):
+    trainer = make_trainer(
+        tiny_path,
+        tmp_path,
+        algorithm=algorithm,
+        max_steps=2,
+        per_device_train_batch_size=32,
+        **extra,
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+    history = trainer.state.log_history
+    assert any(metric in r for r in history)
+    assert all("rlsd/lambda" not in r for r in history)  # only rlsd mixes with lambda
+    if algorithm == "grpo":
+        assert trainer.teacher_model is None and all(
+            "time/teacher" not in r or r["time/teacher"] == 0 for r in history
+        )
+    if metric == "opsd/divergence":
+        assert all(r[metric] >= 0 for r in history if metric in r)
+
+
+def test_opd_uses_a_separate_teacher_on_the_plain_prompt(tiny_path, random_path, tmp_path):
+    trainer = make_trainer(
+        random_path,
+        tmp_path,
+        algorithm="opd",
+        teacher_model_name_or_path=tiny_path,
+        max_steps=1,
+        per_device_train_batch_size=16,
+    )
+    teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
+    shipped = AutoModelForCausalLM.from_pretrained(tiny_path).state_dict()
+    assert all(torch.equal(p, shipped[n]) for n, p in teacher.named_parameters())
+    ids, _ = trainer._teacher_inputs(
+        [{"prompt": [{"role": "user", "content": "Q:1+2="}], "privileged_context": "SECRET"}],
+        torch.tensor([[20, 21]]),
+        torch.tensor([[1, 1]]),
+    )
+    assert "SECRET" not in trainer.processing_class.decode(ids[0])
+    trainer.train()
+    assert trainer.state.global_step == 1
