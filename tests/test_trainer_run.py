@@ -91,37 +91,43 @@ def test_short_rlsd_run_moves_weights_and_logs_spec_metrics(tiny_path, tmp_path)
 
 def test_teacher_sees_the_privileged_context(tiny_path, tmp_path):
     """Score the reference solutions as completions: the teacher (prompt + reference) must be
-    more confident of them than the student (prompt only), per response."""
+    more confident of them than the student (prompt only). On `paths` the reference adds the
+    terms in one arbitrary order of many, which only the reference reveals."""
     trainer = make_trainer(tiny_path, tmp_path)
-    task = get_task("arithmetic")
-    rows = make_rows(task.problems("eval", 16, 0))
     tok = trainer.processing_class
-    completions = [
-        tok(r["privileged_context"], add_special_tokens=False)["input_ids"] for r in rows
-    ]
-    width = max(map(len, completions))
-    completion_ids = torch.full((len(rows), width), tok.pad_token_id)
-    completion_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, ids in enumerate(completions):
-        completion_ids[i, : len(ids)], completion_mask[i, : len(ids)] = torch.tensor(ids), 1
-    t_ids, t_mask = teacher_input_ids(
-        tok, rows, completion_ids, completion_mask, task.teacher_template
-    )
-    # the privileged text is in the teacher's input, never in the student's prompt
-    assert all(r["privileged_context"] in tok.decode(t_ids[i]) for i, r in enumerate(rows))
-    s_prompts = tok.apply_chat_template(
-        [r["prompt"] for r in rows], add_generation_prompt=True, tokenize=False
-    )
-    assert not any(r["privileged_context"] in p for r, p in zip(rows, s_prompts))
-    teacher = trainer._teacher_logps(t_ids, t_mask, width)
-    s_ids, s_mask = teacher_input_ids(
-        tok, [{**r, "teacher_prompt": r["prompt"]} for r in rows], completion_ids, completion_mask
-    )
-    student = trainer._teacher_logps(s_ids, s_mask, width)
-    m = completion_mask.float()
-    gain = ((teacher - student) * m).sum(1)
-    assert (gain > 0).all(), gain
-    assert gain.mean() > 3.0  # nats per response: the reference is used, not ignored
+    for task_name, min_mean_gain in (("paths", 2.0), ("arithmetic", 0.1)):
+        task = get_task(task_name)
+        rows = make_rows(task.problems("eval", 64, 0))
+        completions = [
+            tok(r["privileged_context"], add_special_tokens=False)["input_ids"] for r in rows
+        ]
+        width = max(map(len, completions))
+        completion_ids = torch.full((len(rows), width), tok.pad_token_id)
+        completion_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, ids in enumerate(completions):
+            completion_ids[i, : len(ids)], completion_mask[i, : len(ids)] = torch.tensor(ids), 1
+        t_ids, t_mask = teacher_input_ids(
+            tok, rows, completion_ids, completion_mask, task.teacher_template
+        )
+        # the privileged text is in the teacher's input, never in the student's prompt
+        assert all(r["privileged_context"] in tok.decode(t_ids[i]) for i, r in enumerate(rows))
+        s_prompts = tok.apply_chat_template(
+            [r["prompt"] for r in rows], add_generation_prompt=True, tokenize=False
+        )
+        assert not any(r["privileged_context"] in p for r, p in zip(rows, s_prompts))
+        teacher = trainer._teacher_logps(t_ids, t_mask, width)
+        s_ids, s_mask = teacher_input_ids(
+            tok,
+            [{**r, "teacher_prompt": r["prompt"]} for r in rows],
+            completion_ids,
+            completion_mask,
+        )
+        student = trainer._teacher_logps(s_ids, s_mask, width)
+        m = completion_mask.float()
+        gain = ((teacher - student) * m).sum(1)  # nats per response
+        unsure = (student * m).sum(1) < -1.0  # references the student would rarely write
+        assert gain.mean() > min_mean_gain, (task_name, gain)
+        assert (gain[unsure] > 0).float().mean() >= 0.9, (task_name, gain[unsure])
 
 
 def test_resume_restores_step_config_teacher_and_lambda(tiny_path, tmp_path):

@@ -29,6 +29,7 @@ def test_overridden_methods_keep_their_signatures():
         "_save_checkpoint": ["self", "model", "trial"],
         "_load_optimizer_and_scheduler": ["self", "checkpoint"],
         "training_step": ["self", "model", "inputs", "num_items_in_batch"],
+        "log": ["self", "logs", "start_time"],
     }
     for name, params in expected.items():
         assert hasattr(GRPOTrainer, name), f"TRL removed GRPOTrainer.{name}"

@@ -15,7 +15,7 @@ checkpoints and trackers. What this class adds (spec sections 1-6):
 
 Overridden TRL internals (checked by tests/test_trl_contract.py, pinned to TRL 1.16):
 `_generate_and_score_completions`, `_calculate_rewards`, `_generate`, `_compute_loss`,
-`_save_checkpoint`, `_load_optimizer_and_scheduler`, `training_step`.
+`_save_checkpoint`, `_load_optimizer_and_scheduler`, `training_step`, `log`.
 
 Skips (they cannot change the result): no teacher forward once lambda has reached 0, and none
 for responses whose advantage is 0 (all-equal groups), since `A_hat = A * (...) = 0` there.
@@ -37,7 +37,13 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 from trl import GRPOTrainer
 from trl.trainer.callbacks import SyncRefModelCallback
-from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model, use_adapter
+from trl.trainer.utils import (
+    add_fused_lm_head,
+    create_model_from_path,
+    disable_dropout_in_model,
+    get_config_model_id,
+    use_adapter,
+)
 
 from rlsd.config import RLSDConfig
 from rlsd.objectives import (
@@ -101,6 +107,15 @@ class RLSDTrainer(GRPOTrainer):
             peft_model.add_adapter(TEACHER_ADAPTER, peft_model.peft_config["default"])
             self._sync_teacher()
             return None  # the teacher is the `rlsd_teacher` adapter of the policy itself
+        elif self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            # ZeRO-3 shards the policy's parameters: load the snapshot from the same checkpoint,
+            # as TRL does for its reference model (identical to the policy at step 0).
+            policy = self.accelerator.unwrap_model(self.model)
+            teacher = create_model_from_path(
+                get_config_model_id(policy.config),
+                dtype=policy.dtype,
+                attn_implementation=policy.config._attn_implementation,
+            )
         else:
             policy = self.accelerator.unwrap_model(self.model)
             teacher = AutoModelForCausalLM.from_config(policy.config, dtype=policy.dtype)
@@ -150,7 +165,7 @@ class RLSDTrainer(GRPOTrainer):
 
     def _teacher_context(self):
         if self._uses_teacher_adapter():
-            return self.teacher_model or self.model, use_adapter(
+            return self.model, use_adapter(
                 self.accelerator.unwrap_model(self.model), TEACHER_ADAPTER
             )
         return (self.teacher_model if self.teacher_model is not None else self.model), nullcontext()

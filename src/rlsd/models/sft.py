@@ -42,7 +42,7 @@ class SFTArgs:
     max_steps: int = 5000
     eval_every: int = 250
     target_accuracy: float = 0.3
-    teacher_target: float = 0.9
+    teacher_target: float = 0.85
     teacher_fraction: float = 0.7
     seed: int = 0
 
