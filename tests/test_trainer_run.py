@@ -95,7 +95,7 @@ def test_teacher_sees_the_privileged_context(tiny_path, tmp_path):
     terms in one arbitrary order of many, which only the reference reveals."""
     trainer = make_trainer(tiny_path, tmp_path)
     tok = trainer.processing_class
-    for task_name, min_mean_gain in (("paths", 2.0), ("arithmetic", 0.1)):
+    for task_name, min_mean_gain, min_share in (("paths", 2.0, 0.95), ("arithmetic", 0.2, 0.75)):
         task = get_task(task_name)
         rows = make_rows(task.problems("eval", 64, 0))
         completions = [
@@ -127,7 +127,7 @@ def test_teacher_sees_the_privileged_context(tiny_path, tmp_path):
         gain = ((teacher - student) * m).sum(1)  # nats per response
         unsure = (student * m).sum(1) < -1.0  # references the student would rarely write
         assert gain.mean() > min_mean_gain, (task_name, gain)
-        assert (gain[unsure] > 0).float().mean() >= 0.9, (task_name, gain[unsure])
+        assert (gain[unsure] > 0).float().mean() >= min_share, (task_name, gain[unsure])
 
 
 def test_resume_restores_step_config_teacher_and_lambda(tiny_path, tmp_path):
