@@ -232,6 +232,18 @@ class RLSDTrainer(GRPOTrainer):
         start = self.accelerator.process_index * local_size
         return advantages[start : start + local_size]
 
+    def _rows_to_score(self, advantages_B: torch.Tensor) -> torch.Tensor:
+        """Rows whose teacher forward can matter (A != 0). Under several processes every rank
+        scores the same number of rows (the maximum over ranks, topped up with A = 0 rows),
+        so that all ranks run the same forwards and collectives stay matched."""
+        nonzero = (advantages_B != 0).nonzero().squeeze(1)
+        if self.accelerator.num_processes == 1:
+            return nonzero
+        count = torch.tensor([len(nonzero)], device=advantages_B.device)
+        most = int(self.accelerator.gather(count).max())
+        filler = (advantages_B == 0).nonzero().squeeze(1)[: most - len(nonzero)]
+        return torch.cat([nonzero, filler])
+
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
         args: RLSDConfig = self.args
@@ -243,9 +255,6 @@ class RLSDTrainer(GRPOTrainer):
         if not args.uses_teacher:
             return output
 
-        start = time.perf_counter()
-        self._maybe_sync_teacher()
-        self._timings["teacher"] += time.perf_counter() - start
         completion_ids, mask = output["completion_ids"], output["completion_mask"].float()
         if "tool_mask" in output:
             mask = mask * output["tool_mask"]
@@ -253,31 +262,28 @@ class RLSDTrainer(GRPOTrainer):
         lam = lambda_at(
             step, args.rlsd_lambda, args.rlsd_lambda_decay_steps, args.rlsd_lambda_warmup_steps
         )
+        if args.algorithm == "rlsd":
+            self._metrics[mode]["rlsd/lambda"].append(lam)
+        rows = torch.arange(completion_ids.size(0), device=completion_ids.device)
+        if args.algorithm == "rlsd" and args.rlsd_skip_zero_advantage and lam > 0.0:
+            rows = self._rows_to_score(advantages_B)
+        if args.algorithm == "rlsd" and (lam == 0.0 or len(rows) == 0):
+            self._metrics[mode]["rlsd/teacher_skipped_ratio"].append(1.0)
+            return output  # A_hat = A exactly: TRL's 1-D advantages are already right
+
+        start = time.perf_counter()
+        self._maybe_sync_teacher()  # global decision: every rank syncs at the same step
+        self._timings["teacher"] += time.perf_counter() - start
         teacher_ids, teacher_mask = self._teacher_inputs(
             inputs, completion_ids, output["completion_mask"]
         )
         if args.vocab_distillation:  # the divergence needs full logits: computed at loss time
-            output["teacher_input_ids"], output["teacher_attention_mask"] = (
-                teacher_ids,
-                teacher_mask,
-            )
-        if args.algorithm == "rlsd":
-            self._metrics[mode]["rlsd/lambda"].append(lam)
-        skip_zero = args.rlsd_skip_zero_advantage
-        if args.algorithm == "rlsd" and (
-            lam == 0.0 or (skip_zero and not bool((advantages_B != 0).any()))
-        ):
-            self._metrics[mode]["rlsd/teacher_skipped_ratio"].append(1.0)
-            return output  # A_hat = A exactly: TRL's 1-D advantages are already right
+            output["teacher_input_ids"] = teacher_ids
+            output["teacher_attention_mask"] = teacher_mask
         if not args.uses_token_advantages:
             return output
 
         start = time.perf_counter()
-        # Only responses with A != 0 can be reweighted; the others keep A_hat = 0 (rlsd).
-        if args.algorithm == "rlsd" and skip_zero:
-            rows = (advantages_B != 0).nonzero().squeeze(1)
-        else:
-            rows = torch.arange(completion_ids.size(0), device=completion_ids.device)
         T = completion_ids.size(1)
         logp_teacher = torch.zeros_like(mask)
         logp_student = torch.zeros_like(mask)
@@ -297,29 +303,14 @@ class RLSDTrainer(GRPOTrainer):
                     batch_size=args.per_device_train_batch_size,
                 )[0].float()
         self._timings["teacher"] += time.perf_counter() - start
-        self._metrics[mode]["rlsd/teacher_skipped_ratio"].append(
-            1.0 - len(rows) / max(1, len(mask))
-        )
+        scored = int((advantages_B[rows] != 0).sum()) if args.algorithm == "rlsd" else len(rows)
+        self._metrics[mode]["rlsd/teacher_skipped_ratio"].append(1.0 - scored / max(1, len(mask)))
 
         if args.algorithm == "rlsd":
-            a_hat = rlsd_token_advantages(
-                advantages_B,
-                logp_student,
-                logp_teacher,
-                mask,
-                lam,
-                args.rlsd_eps_w,
-                args.rlsd_negative_only,
-            )
-            stats = rlsd_stats(
-                advantages_B,
-                logp_student,
-                logp_teacher,
-                mask,
-                lam,
-                args.rlsd_eps_w,
-                args.rlsd_negative_only,
-            )
+            spec_args = (advantages_B, logp_student, logp_teacher, mask, lam)
+            options = {"eps_w": args.rlsd_eps_w, "negative_only": args.rlsd_negative_only}
+            a_hat = rlsd_token_advantages(*spec_args, **options)
+            stats = rlsd_stats(*spec_args, **options)
         else:  # opsd / opd, sampled-token variant: A_hat = delta
             a_hat = sampled_token_distill_advantages(logp_student, logp_teacher, mask)
             stats = {"rlsd/delta_mean": float((a_hat * mask).sum() / mask.sum().clamp(min=1))}
