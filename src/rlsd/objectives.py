@@ -465,6 +465,7 @@ def clipped_policy_loss(
         seq_mean_B = loss_BT.sum(dim=1) / count_B.clamp_min(1)
         loss = seq_mean_B.sum() / (count_B > 0).sum().clamp_min(1)
     else:
+        assert max_len is not None  # validated above
         loss = loss_BT.sum() / (mask_BT.shape[0] * max_len)
 
     with torch.no_grad():

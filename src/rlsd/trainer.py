@@ -307,10 +307,9 @@ class RLSDTrainer(GRPOTrainer):
         self._metrics[mode]["rlsd/teacher_skipped_ratio"].append(1.0 - scored / max(1, len(mask)))
 
         if args.algorithm == "rlsd":
-            spec_args = (advantages_B, logp_student, logp_teacher, mask, lam)
-            options = {"eps_w": args.rlsd_eps_w, "negative_only": args.rlsd_negative_only}
-            a_hat = rlsd_token_advantages(*spec_args, **options)
-            stats = rlsd_stats(*spec_args, **options)
+            spec_args = (advantages_B, logp_student, logp_teacher, mask, lam, args.rlsd_eps_w)
+            a_hat = rlsd_token_advantages(*spec_args, negative_only=args.rlsd_negative_only)
+            stats = rlsd_stats(*spec_args, negative_only=args.rlsd_negative_only)
         else:  # opsd / opd, sampled-token variant: A_hat = delta
             a_hat = sampled_token_distill_advantages(logp_student, logp_teacher, mask)
             stats = {"rlsd/delta_mean": float((a_hat * mask).sum() / mask.sum().clamp(min=1))}

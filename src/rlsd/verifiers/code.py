@@ -29,6 +29,7 @@ from typing import Any
 from rlsd.verifiers import sandbox
 from rlsd.verifiers.base import RewardFunction
 from rlsd.verifiers.extract import find_fenced, find_tag
+from rlsd.verifiers.pool import Backend
 
 PYTHON_FENCES: tuple[str, ...] = ("python", "py", "python3", "")
 
@@ -120,7 +121,7 @@ def code_verifier(
     memory_mb: int = 512,
     nproc: int = 16,
     file_size_mb: int = 16,
-    backend: str = "thread",
+    backend: Backend = "thread",
     timeout: float = 600.0,
     **options: Any,
 ) -> RewardFunction:

@@ -152,11 +152,19 @@ def whole(text: str, which: Which = "last") -> str | None:
     return text.strip() or None
 
 
+def _answer_tag(text: str, which: Which = "last") -> str | None:
+    return find_tag(text, "answer", which)
+
+
+def _any_fence(text: str, which: Which = "last") -> str | None:
+    return find_fenced(text, None, which)
+
+
 EXTRACTORS: dict[str, Callable[[str, Which], str | None]] = {
     "boxed": find_boxed,
-    "answer_tag": lambda text, which="last": find_tag(text, "answer", which),
+    "answer_tag": _answer_tag,
     "marker": find_marker,
-    "fenced": lambda text, which="last": find_fenced(text, None, which),
+    "fenced": _any_fence,
     "last_line": last_line,
     "last_number": find_number,
     "whole": whole,

@@ -26,6 +26,7 @@ from math_verify import parse, verify
 from rlsd.verifiers.base import RewardFunction
 from rlsd.verifiers.exact import references
 from rlsd.verifiers.extract import Which, check_order, extract_answer
+from rlsd.verifiers.pool import Backend
 
 MATH_ORDER: tuple[str, ...] = ("boxed", "answer_tag", "marker")
 
@@ -88,7 +89,7 @@ def math_verifier(
     which: Which = "last",
     float_rounding: int = 6,
     strict: bool = True,
-    backend: str = "process",
+    backend: Backend = "process",
     timeout: float = 10.0,
     **options: Any,
 ) -> RewardFunction:

@@ -37,6 +37,7 @@ from typing import Any
 
 from rlsd.verifiers.base import RewardFunction
 from rlsd.verifiers.extract import find_fenced, find_tag
+from rlsd.verifiers.pool import Backend
 
 _ALLOWED_ACTIONS = {
     sqlite3.SQLITE_SELECT,
@@ -170,7 +171,7 @@ def sql_verifier(
     *,
     time_limit: float = 2.0,
     max_rows: int = 100_000,
-    backend: str = "thread",
+    backend: Backend = "thread",
     **options: Any,
 ) -> RewardFunction:
     """The `sql` reward function (`time_limit` seconds per query); options go to
