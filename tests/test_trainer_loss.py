@@ -130,6 +130,8 @@ def test_refuses_combinations_that_cannot_work(tmp_path):
         RLSDConfig(output_dir=str(tmp_path), algorithm="opd", use_cpu=True)
     with pytest.raises(ValueError, match="algorithm"):
         RLSDConfig(output_dir=str(tmp_path), algorithm="ppo", use_cpu=True)
+    with pytest.raises(ValueError, match="rlsd_lambda must be in"):
+        RLSDConfig(output_dir=str(tmp_path), rlsd_lambda=1.5, use_cpu=True)
     with pytest.raises(ValueError, match="eps_w"):
         RLSDConfig(output_dir=str(tmp_path), rlsd_eps_w=1.5, use_cpu=True)
 

@@ -150,14 +150,12 @@ class RLSDConfig(GRPOConfig):
             )
         if not 0.0 < self.rlsd_eps_w < 1.0:
             raise ValueError(f"rlsd_eps_w must be in (0, 1), got {self.rlsd_eps_w}.")
-        if (
-            self.rlsd_lambda < 0
-            or self.rlsd_lambda_decay_steps < 0
-            or self.rlsd_lambda_warmup_steps < 0
-        ):
+        if not 0.0 <= self.rlsd_lambda <= 1.0:
             raise ValueError(
-                "rlsd_lambda, rlsd_lambda_decay_steps and rlsd_lambda_warmup_steps must be >= 0."
+                f"rlsd_lambda must be in [0, 1] (a mixing weight), got {self.rlsd_lambda}."
             )
+        if self.rlsd_lambda_decay_steps < 0 or self.rlsd_lambda_warmup_steps < 0:
+            raise ValueError("rlsd_lambda_decay_steps and rlsd_lambda_warmup_steps must be >= 0.")
         if self.rlsd_student_logp not in ("old", "current"):
             raise ValueError("rlsd_student_logp must be 'old' or 'current'.")
         if self.opsd_divergence not in ("jsd", "forward_kl", "reverse_kl", "sampled_token"):
