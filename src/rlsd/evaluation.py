@@ -31,18 +31,33 @@ def generate(
     batch_size: int = 256,
     seed: int | None = None,
 ) -> list[list[str]]:
-    """`num_samples` completions for each prompt (`temperature == 0` means greedy)."""
+    """`num_samples` completions for each prompt (`temperature == 0` means greedy).
+
+    With a `seed`, sampling is reproducible and leaves the caller's random state (CPU and
+    the model's accelerator) untouched, so evaluating mid-training does not change training."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    generator_state = torch.random.get_rng_state()
-    if seed is not None:
-        torch.manual_seed(seed)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = _generate_batches(
+            model, tokenizer, prompts, num_samples, temperature, max_new_tokens, batch_size, device
+        )
+    model.train(was_training)
+    return out
+
+
+def _generate_batches(
+    model, tokenizer, prompts, num_samples, temperature, max_new_tokens, batch_size, device
+) -> list[list[str]]:
     prompt_ids = tokenize_prompts(tokenizer, list(prompts))
     out: list[list[str]] = []
     pad_id = tokenizer.pad_token_id
-    for start in range(0, len(prompt_ids), max(1, batch_size // num_samples)):
-        chunk = prompt_ids[start : start + max(1, batch_size // num_samples)]
+    per_batch = max(1, batch_size // num_samples)
+    for start in range(0, len(prompt_ids), per_batch):
+        chunk = prompt_ids[start : start + per_batch]
         width = max(len(ids) for ids in chunk)
         input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -64,9 +79,6 @@ def generate(
         )
         texts = tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
         out.extend(texts[i : i + num_samples] for i in range(0, len(texts), num_samples))
-    if seed is not None:
-        torch.random.set_rng_state(generator_state)
-    model.train(was_training)
     return out
 
 
