@@ -19,12 +19,12 @@ The report folder gets `results.md` (tables, see `rlsd.reports.compare_report`),
 Presets (see `estimate_seconds` for the cost model, measured on this project's 2-core CPU):
 - `--quick`: CI smoke test, about a minute: grpo and rlsd, 1 seed, 4 steps of 32
   completions, 64 held-out problems.
-- default: grpo, opsd, rlsd and rlsd_strong, 3 seeds, 120 steps of 128 completions,
+- default: grpo, opsd, rlsd and rlsd_strong, 3 seeds, 100 steps of 128 completions,
   1,000 held-out problems every 10 steps: about an hour on one core (`--jobs 1`), half that
   with `--jobs 2` on an idle 2-core CPU.
-- published numbers: `--seeds 5` (with the default 1,000 held-out problems: the issue's
-  minimum), about 1.6 hours with `--jobs 1`, 50 minutes with `--jobs 2`. `--dry_run` prints
-  the runs and the time estimate without starting anything.
+- published numbers (docs/results.md): `--seeds 5` (with the default 1,000 held-out problems:
+  the issue's minimum); measured 32 minutes with `--jobs 2` on the 2-core CPU. `--dry_run`
+  prints the runs and the time estimate without starting anything.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Preset:
 
 
 PRESETS = {
-    "default": Preset(["grpo", "opsd", "rlsd", "rlsd_strong"], 3, 120, 1000, 10),
+    "default": Preset(["grpo", "opsd", "rlsd", "rlsd_strong"], 3, 100, 1000, 10),
     "quick": Preset(
         ["grpo", "rlsd"],
         1,
@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run algorithm variants on the same data, model, seeds and step budget and "
         "write one report folder. Flags after `--` go to every `rlsd train` run.",
         epilog="Presets: --quick (CI, about a minute) and the default (grpo, opsd, rlsd, "
-        "rlsd_strong; 3 seeds x 120 steps, 1000 held-out problems every 10 steps: about an "
+        "rlsd_strong; 3 seeds x 100 steps, 1000 held-out problems every 10 steps: about an "
         "hour with --jobs 1, half with --jobs 2 on 2 free cores). For published numbers: "
         "--seeds 5 (--dry_run prints the estimate). Built-in variants: "
         + "; ".join(f"{k}: {' '.join(variant_flags(v))}" for k, v in BUILTIN_VARIANTS.items()),
@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seeds", type=int, default=None, help="Seeds 0..n-1 (default 3).")
     parser.add_argument(
-        "--max_steps", type=int, default=None, help="Optimiser steps per run (120)."
+        "--max_steps", type=int, default=None, help="Optimiser steps per run (100)."
     )
     parser.add_argument(
         "--task", default="mixed", help="Built-in task, as `rlsd train --task` (default mixed)."
