@@ -125,7 +125,7 @@ def train_main(argv: list[str]) -> dict:
     from rlsd.tasks import get_task, make_rows
     from rlsd.teacher import DEFAULT_TEACHER_TEMPLATE
     from rlsd.trainer import RLSDTrainer
-    from rlsd.verifiers import get_verifier
+    from rlsd.verifiers import reward_funcs_for
 
     script, config, model_config = parse_train_args(argv)
     out = Path(config.output_dir)
@@ -145,10 +145,7 @@ def train_main(argv: list[str]) -> dict:
         train_rows = read_rows(script.dataset_path)
         eval_rows = read_rows(script.eval_dataset_path) if script.eval_dataset_path else []
 
-    routed = any(r.get("verifier") for r in train_rows)
-    reward_funcs = (
-        [get_verifier("auto")] if routed else [get_verifier(n) for n in script.reward_funcs]
-    )
+    reward_funcs = reward_funcs_for(train_rows, script.reward_funcs)
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dtype = model_config.dtype if model_config.dtype not in (None, "auto") else None
@@ -239,7 +236,7 @@ def eval_main(argv: list[str]) -> dict:
     from rlsd.evaluation import evaluate
     from rlsd.models import DEFAULT_MODEL_PATH
     from rlsd.tasks import get_task, make_rows
-    from rlsd.verifiers import get_verifier
+    from rlsd.verifiers import reward_funcs_for
 
     path = args.model or str(DEFAULT_MODEL_PATH)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -248,8 +245,7 @@ def eval_main(argv: list[str]) -> dict:
         rows = read_rows(args.dataset_path)
     else:
         rows = make_rows(get_task(args.task).problems("eval", args.num_eval, args.seed))
-    routed = any(r.get("verifier") for r in rows)
-    reward_fn = get_verifier("auto") if routed else get_verifier(args.reward_funcs[0])
+    reward_fn = reward_funcs_for(rows, args.reward_funcs[:1])[0]
     ks = tuple(k for k in (1, 2, 4, 8, 16, 32) if k <= args.num_samples)
     metrics = evaluate(
         model,

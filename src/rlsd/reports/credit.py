@@ -691,7 +691,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     from rlsd.data import read_rows
     from rlsd.models import DEFAULT_MODEL_PATH
     from rlsd.tasks import get_task, make_rows
-    from rlsd.verifiers import get_verifier
+    from rlsd.verifiers import reward_funcs_for
 
     model_path = args.model or str(DEFAULT_MODEL_PATH)
     if args.dataset_path:
@@ -706,8 +706,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         template = args.teacher_template or task.teacher_template
         max_new_tokens = args.max_new_tokens or task.max_completion_length
         source = f"{args.task} (eval split)"
-    routed = any(r.get("verifier") for r in rows)
-    reward_fn = get_verifier("auto") if routed else get_verifier(args.reward_funcs[0])
+    reward_fn = reward_funcs_for(rows, args.reward_funcs[:1])[0]
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)

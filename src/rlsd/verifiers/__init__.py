@@ -9,7 +9,13 @@ verifier kind (`exact`, `numeric`, `regex`, `math_equiv`, `code`, `sql`, `json_s
 
 from rlsd.verifiers.base import RewardFunction
 from rlsd.verifiers.extract import completion_text, extract_answer
-from rlsd.verifiers.registry import VERIFIERS, RoutedReward, get_verifier, register_verifier
+from rlsd.verifiers.registry import (
+    VERIFIERS,
+    RoutedReward,
+    get_verifier,
+    register_verifier,
+    reward_funcs_for,
+)
 
 __all__ = [
     "VERIFIERS",
@@ -19,4 +25,5 @@ __all__ = [
     "extract_answer",
     "get_verifier",
     "register_verifier",
+    "reward_funcs_for",
 ]

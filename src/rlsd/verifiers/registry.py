@@ -94,6 +94,14 @@ def get_verifier(name_or_import_path: str, **options: Any) -> Any:
     return RewardFunction(getattr(obj, "__name__", name.rpartition(":")[2]), obj, **options)
 
 
+def reward_funcs_for(rows: list[dict[str, Any]], names: list[str]) -> list[Any]:
+    """The reward functions for a dataset: the `routed` one when any row names its own
+    `verifier`, else one per name in `names` (the first is the accuracy verifier)."""
+    if any(row.get("verifier") for row in rows):
+        return [get_verifier("routed")]
+    return [get_verifier(name) for name in names]
+
+
 class RoutedReward:
     """Dispatches each row to the verifier named in its `column` (default `verifier`).
 
