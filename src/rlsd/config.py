@@ -12,9 +12,31 @@ from trl import GRPOConfig
 
 from rlsd.teacher import DEFAULT_TEACHER_TEMPLATE
 
-ALGORITHMS = ("rlsd", "grpo", "opsd", "grpo_opsd", "opd")
-# Algorithms whose policy-gradient term carries per-token advantages `[B, T]`.
-PER_TOKEN_ADVANTAGES = ("rlsd",)
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """What one algorithm of spec section 5 is made of: the config, the trainer and
+    `rlsd compare` read these fields and never branch on an algorithm's name."""
+
+    name: str
+    uses_reward: bool  # the verifier's GRPO term (A from rewards) is in the loss
+    reweights: bool  # A_hat = A * mix(w): per-token advantages from the teacher (rlsd)
+    distills: bool  # a distillation term (full-vocabulary divergence, or A_hat = delta)
+    separate_teacher: bool  # the teacher is another model on the plain prompt (opd)
+    default_teacher_sync: int  # teacher_sync_steps when the user gives none
+    teacher_cost: float  # teacher forward per step relative to a GRPO step (compare estimate)
+    description: str
+
+
+_SPECS = (
+    AlgorithmSpec("rlsd", True, True, False, False, 10, 0.10, "GRPO direction, teacher magnitude"),
+    AlgorithmSpec("grpo", True, False, False, False, 0, 0.0, "verifier reward only"),
+    AlgorithmSpec("opsd", False, False, True, False, 0, 0.35, "self-distillation, no reward"),
+    AlgorithmSpec("grpo_opsd", True, False, True, False, 0, 0.45, "GRPO + alpha * OPSD"),
+    AlgorithmSpec("opd", False, False, True, True, 0, 0.35, "distillation from a separate model"),
+)
+ALGORITHM_SPECS: dict[str, AlgorithmSpec] = {spec.name: spec for spec in _SPECS}
+ALGORITHMS = tuple(ALGORITHM_SPECS)
 # TRL loss types that accept `[B, T]` advantages token by token (vespo and luspo reduce the
 # advantage per sequence and would silently discard the token weights).
 TOKEN_LEVEL_LOSSES = ("dapo", "grpo", "bnpo", "dr_grpo", "cispo", "sapo")
@@ -75,8 +97,8 @@ class RLSDConfig(GRPOConfig):
         default="old",
         metadata={
             "help": "Student log-prob in delta: 'old' (rollout-time policy, the released code) or "
-            "'current' (recomputed at loss time: one extra forward per micro-batch). Equal with "
-            "one optimiser step per rollout batch."
+            "'current' (the loss forward's own log-probs, detached). Equal, and both free, with "
+            "one optimiser step per rollout batch; they differ with num_iterations > 1."
         },
     )
     teacher_sync_steps: int | None = field(
@@ -104,7 +126,25 @@ class RLSDConfig(GRPOConfig):
     )
     teacher_max_prompt_length: int | None = field(
         default=None,
-        metadata={"help": "Keep at most this many (last) tokens of the teacher prompt."},
+        metadata={
+            "help": "Token budget of the teacher prompt. Over it, the privileged text is cut "
+            "(its last tokens, marked with `teacher_truncation_marker`); the template, system "
+            "prompt, question and response are never cut (spec section 4). A row that cannot "
+            "fit even with no privileged text raises an error naming it."
+        },
+    )
+    teacher_truncation_marker: str = field(
+        default=" [...]",
+        metadata={"help": "Appended to privileged text cut by `teacher_max_prompt_length`."},
+    )
+    teacher_shared_prefix: bool = field(
+        default=True,
+        metadata={
+            "help": "Score the teacher prompt once per group (its KV cache), then all responses "
+            "that share it: the same log-probs as the full forward within float32 round-off, "
+            "without encoding the privileged context G times. Falls back to the full forward "
+            "by itself (and says so once) where the model's cache cannot be shared."
+        },
     )
     opsd_divergence: str = field(
         default="jsd",
@@ -140,10 +180,10 @@ class RLSDConfig(GRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.algorithm not in ALGORITHMS:
+        if self.algorithm not in ALGORITHM_SPECS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}.")
         if self.teacher_sync_steps is None:
-            self.teacher_sync_steps = 0 if self.algorithm in ("opsd", "grpo_opsd") else 10
+            self.teacher_sync_steps = self.spec.default_teacher_sync
         if self.teacher_sync_steps < 0:
             raise ValueError(
                 "teacher_sync_steps must be >= 0 (0 = never refresh, 1 = live weights)."
@@ -164,11 +204,20 @@ class RLSDConfig(GRPOConfig):
             )
         if not 0.0 <= self.opsd_beta <= 1.0:
             raise ValueError(f"opsd_beta must be in [0, 1], got {self.opsd_beta}.")
-        if self.algorithm == "opd" and not self.teacher_model_name_or_path:
+        if self.spec.uses_reward and self.spec.distills and self.opsd_divergence == "sampled_token":
             raise ValueError(
-                "algorithm='opd' needs `teacher_model_name_or_path` (a separate teacher)."
+                f"algorithm={self.algorithm!r} adds a full-vocabulary divergence to GRPO; "
+                "opsd_divergence='sampled_token' only applies to 'opsd' and 'opd'. Use 'jsd', "
+                "'forward_kl' or 'reverse_kl'."
             )
-        if self.algorithm != "opd" and self.teacher_model_name_or_path:
+        if self.teacher_max_prompt_length is not None and self.teacher_max_prompt_length < 1:
+            raise ValueError("teacher_max_prompt_length must be >= 1 (or None for no limit).")
+        if self.spec.separate_teacher and not self.teacher_model_name_or_path:
+            raise ValueError(
+                f"algorithm={self.algorithm!r} needs `teacher_model_name_or_path` (a separate "
+                "teacher)."
+            )
+        if not self.spec.separate_teacher and self.teacher_model_name_or_path:
             raise ValueError(
                 "`teacher_model_name_or_path` is only used by algorithm='opd'; the self-teacher of "
                 f"{self.algorithm!r} is the policy itself. Remove it or set algorithm='opd'."
@@ -188,18 +237,24 @@ class RLSDConfig(GRPOConfig):
             )
 
     @property
-    def uses_token_advantages(self) -> bool:
-        return self.algorithm in PER_TOKEN_ADVANTAGES or (
-            self.algorithm in ("opsd", "opd") and self.opsd_divergence == "sampled_token"
-        )
+    def spec(self) -> AlgorithmSpec:
+        return ALGORITHM_SPECS[self.algorithm]
 
     @property
     def uses_teacher(self) -> bool:
-        return self.algorithm != "grpo"
+        return self.spec.reweights or self.spec.distills
+
+    @property
+    def uses_token_advantages(self) -> bool:
+        """Whether TRL's policy-gradient term gets `[B, T]` advantages (rlsd, or opsd/opd with
+        `opsd_divergence="sampled_token"`: `A_hat = delta`)."""
+        return self.spec.reweights or self.sampled_token_distillation
+
+    @property
+    def sampled_token_distillation(self) -> bool:
+        return self.spec.distills and self.opsd_divergence == "sampled_token"
 
     @property
     def vocab_distillation(self) -> bool:
         """Whether the loss has a full-vocabulary divergence term (opsd/opd/grpo_opsd)."""
-        return self.algorithm == "grpo_opsd" or (
-            self.algorithm in ("opsd", "opd") and self.opsd_divergence != "sampled_token"
-        )
+        return self.spec.distills and self.opsd_divergence != "sampled_token"

@@ -11,8 +11,10 @@ Shapes are written in the docstrings: ``B`` responses in the batch, ``T`` respon
 What is here:
   * section 1: ``group_advantages`` (the GRPO direction ``A``),
   * section 2: ``lambda_at``, ``rlsd_token_advantages`` (the magnitude ``A_hat``),
-  * section 3: ``clipped_policy_loss`` (the clipped surrogate; the ONE place that aggregates
-    token losses into a scalar),
+  * section 3: ``clipped_policy_loss`` (the clipped surrogate and its aggregations, written
+    out as the reference that TRL's loss is tested against: training itself uses TRL's
+    ``_compute_loss``, whose equality with this function ``tests/test_trainer_loss.py``
+    checks),
   * section 5: ``generalized_jsd`` and ``sampled_token_distill_advantages`` (OPSD / OPD),
   * section 6: ``rlsd_stats`` (what to log about the reweighting),
   * section 7: ``leak_flags`` and ``leak_rate`` (the leakage diagnostic).
@@ -317,12 +319,19 @@ def rlsd_stats(
     lam: float,
     eps_w: float = 0.2,
     negative_only: bool = False,
+    scored: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Spec section 6: the reweighting's diagnostics, for the arguments of
     ``rlsd_token_advantages`` (same shapes, same validation).
 
+    ``scored`` (``[B]`` bool, default all rows) marks the rows whose ``logp_teacher`` was
+    computed; the trainer skips the teacher where it cannot matter (``A = 0``), and those
+    rows' placeholder log-probs must not enter ``delta_mean``.
+
     Token sets (all means return 0.0 when their set is empty):
-      * *masked*: tokens with ``mask != 0``.
+      * *masked*: tokens with ``mask != 0``, all response tokens (the paper's denominator for
+        its 3-6% clip ratios: tokens with ``A = 0`` count as unclipped).
+      * *scored*: masked tokens of scored rows.
       * *reweighted*: masked tokens of rows whose weight is applied, i.e. ``A != 0`` (and,
         with ``negative_only``, ``A < 0``). Without ``negative_only`` these are exactly the
         masked tokens of responses with ``A != 0``.
@@ -331,13 +340,15 @@ def rlsd_stats(
       * ``rlsd/lambda``: ``lam``.
       * ``rlsd/adv_mean``, ``rlsd/adv_abs_mean``: mean of ``A``, ``|A|`` over the ``B``
         responses.
-      * ``rlsd/delta_mean``: mean of ``delta`` over masked tokens.
+      * ``rlsd/delta_mean``: mean of ``delta`` over scored tokens.
       * ``rlsd/w_raw_mean``: mean over reweighted tokens of ``exp(min(sign(A) * delta, 30))``;
         the cap at ``e^30`` (about 1.07e13) keeps it finite and only bites on absurd deltas.
       * ``rlsd/w_clipped_mean``: mean of ``w_clip`` over reweighted tokens.
-      * ``rlsd/clip_low_ratio``, ``rlsd/clip_high_ratio``: share of reweighted tokens whose raw
-        ``w`` is below ``1 - eps_w`` / above ``1 + eps_w`` (compared in log space).
-      * ``rlsd/w_moved_ratio``: share of reweighted tokens with ``|w_clip - 1| > 1e-3``.
+      * ``rlsd/clip_low_ratio_all``, ``rlsd/clip_high_ratio_all``: share of all masked tokens
+        whose raw ``w`` is below ``1 - eps_w`` / above ``1 + eps_w`` (compared in log space);
+        ``..._reweighted``: the same share of reweighted tokens.
+      * ``rlsd/w_moved_ratio_all``, ``rlsd/w_moved_ratio_reweighted``: share of masked /
+        reweighted tokens with ``|w_clip - 1| > 1e-3``.
       * ``rlsd/adv_hat_mean``, ``rlsd/adv_hat_abs_mean``: mean of ``A_hat``, ``|A_hat|`` over
         masked tokens.
       * ``rlsd/adv_hat_over_adv``: mean of ``|A_hat| / |A|`` over masked tokens of responses
@@ -355,20 +366,26 @@ def rlsd_stats(
 
     reweighted_BT = mask_BT & (sign_B != 0)[:, None]
     nonzero_adv_BT = mask_BT & (adv_B != 0)[:, None]
+    scored_BT = mask_BT if scored is None else mask_BT & (scored != 0).to(mask_BT.device)[:, None]
     w_raw_BT = torch.exp(x_BT.double().clamp(max=_W_RAW_LOG_CAP))
     all_B = torch.ones_like(adv_B, dtype=torch.bool)
+    # x = 0 (w = 1) on tokens that are not reweighted, so over all tokens they count unclipped.
+    low_BT = (x_BT < math.log1p(-eps_w)).float()
+    high_BT = (x_BT > math.log1p(eps_w)).float()
+    moved_BT = ((w_clip_BT - 1.0).abs() > _W_MOVED_TOL).float()
     return {
         "rlsd/lambda": float(lam),
         "rlsd/adv_mean": _masked_mean(adv_B, all_B),
         "rlsd/adv_abs_mean": _masked_mean(adv_B.abs(), all_B),
-        "rlsd/delta_mean": _masked_mean(delta_BT, mask_BT),
+        "rlsd/delta_mean": _masked_mean(delta_BT, scored_BT),
         "rlsd/w_raw_mean": _masked_mean(w_raw_BT, reweighted_BT),
         "rlsd/w_clipped_mean": _masked_mean(w_clip_BT, reweighted_BT),
-        "rlsd/clip_low_ratio": _masked_mean((x_BT < math.log1p(-eps_w)).float(), reweighted_BT),
-        "rlsd/clip_high_ratio": _masked_mean((x_BT > math.log1p(eps_w)).float(), reweighted_BT),
-        "rlsd/w_moved_ratio": _masked_mean(
-            ((w_clip_BT - 1.0).abs() > _W_MOVED_TOL).float(), reweighted_BT
-        ),
+        "rlsd/clip_low_ratio_all": _masked_mean(low_BT, mask_BT),
+        "rlsd/clip_high_ratio_all": _masked_mean(high_BT, mask_BT),
+        "rlsd/w_moved_ratio_all": _masked_mean(moved_BT, mask_BT),
+        "rlsd/clip_low_ratio_reweighted": _masked_mean(low_BT, reweighted_BT),
+        "rlsd/clip_high_ratio_reweighted": _masked_mean(high_BT, reweighted_BT),
+        "rlsd/w_moved_ratio_reweighted": _masked_mean(moved_BT, reweighted_BT),
         "rlsd/adv_hat_mean": _masked_mean(adv_hat_BT, mask_BT),
         "rlsd/adv_hat_abs_mean": _masked_mean(adv_hat_BT.abs(), mask_BT),
         "rlsd/adv_hat_over_adv": _masked_mean(factor_BT.abs(), nonzero_adv_BT),
@@ -397,7 +414,7 @@ def clipped_policy_loss(
     ``l = max(-A_hat * rho, -A_hat * clip(rho, 1 - eps_low, 1 + eps_high))``, and where
     ``A_hat < 0`` (and ``c_dual`` is not None) ``l = min(l, -A_hat * c_dual)``.
 
-    This is the one function that turns token losses into a scalar:
+    Its aggregations (the spec's reference; training aggregates in TRL's loss, tested equal):
       * ``"token_mean"`` (default, the released code): sum over masked tokens / their count.
       * ``"seq_mean_token_mean"`` (the paper's equations): each response's token mean, then the
         mean over responses that have at least one masked token.

@@ -6,44 +6,41 @@ checkpoints and trackers. What this class adds (spec sections 1-6):
 
 1. advantages recomputed exactly as spec section 1 (`rlsd.objectives.group_advantages`:
    unbiased std + 1e-6; TRL adds 1e-4) from the rewards TRL computed;
-2. for `rlsd`: the teacher's log-probs of the sampled tokens under the privileged prompt and
-   the per-token advantages `A_hat [B, T]`, which replace `advantages` in TRL's batch
-   (TRL's loss accepts 2-D advantages);
-3. for `opsd` / `opd` / `grpo_opsd`: the full-vocabulary divergence to the teacher, added in
+2. at generation time, the teacher's log-probs of the sampled tokens under the privileged
+   prompt (`rlsd.teacher`: shared-prefix scoring, the snapshot's weights);
+3. at loss time, the per-token advantages `A_hat [B, T]` (rlsd; `A_hat = delta` for the
+   sampled-token OPSD variant), computed inside TRL's loss right after its forward, from that
+   forward's own log-probs (detached) or TRL's old log-probs when it has them, and with the
+   lambda of the optimiser step the micro-batch feeds;
+4. for `opsd` / `opd` / `grpo_opsd`: the full-vocabulary divergence to the teacher, added in
    `_compute_loss`;
-4. fail-safe reward functions, step timings and the section-6 metrics.
+5. fail-safe reward functions, step timings and the section-6 metrics.
 
 Overridden TRL internals (checked by tests/test_trl_contract.py, pinned to TRL 1.16):
 `_generate_and_score_completions`, `_calculate_rewards`, `_generate`, `_compute_loss`,
-`_save_checkpoint`, `_load_optimizer_and_scheduler`, `training_step`, `log`.
+`_get_per_token_logps_and_entropies`, `_save_checkpoint`, `_load_optimizer_and_scheduler`,
+`training_step`, `log`. The teacher's weights (build, sync, save, load) live in
+`rlsd.teacher.TeacherSnapshot`; its refresh runs in `TeacherSyncCallback` at optimiser-step
+boundaries.
 
-Skips (they cannot change the result): no teacher forward once lambda has reached 0, and none
-for responses whose advantage is 0 (all-equal groups), since `A_hat = A * (...) = 0` there.
-The lambda of a generation batch is the one of the first optimiser step that consumes it.
+Skips (they cannot change the result): no teacher forward when lambda is 0 for every
+optimiser step a generation batch feeds, and none for responses whose advantage is 0
+(all-equal groups), since `A_hat = A * (...) = 0` there. Under several processes the skip
+decisions are global, so every rank runs the same forwards.
 """
 
 from __future__ import annotations
 
-import json
+import logging
+import math
 import time
 from collections import defaultdict
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import is_peft_model
-from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM
+from transformers import TrainerCallback
 from trl import GRPOTrainer
-from trl.trainer.callbacks import SyncRefModelCallback
-from trl.trainer.utils import (
-    add_fused_lm_head,
-    create_model_from_path,
-    disable_dropout_in_model,
-    get_config_model_id,
-    use_adapter,
-)
 
 from rlsd.config import RLSDConfig
 from rlsd.objectives import (
@@ -55,14 +52,44 @@ from rlsd.objectives import (
     sampled_token_distill_advantages,
 )
 from rlsd.rewards import fail_safe
-from rlsd.teacher import TEACHER_ADAPTER, teacher_input_ids
+from rlsd.teacher import (
+    TEACHER_STATE_DIR,
+    TeacherSnapshot,
+    left_pad,
+    shared_prefix_logits,
+    shared_prefix_logps,
+    teacher_prompt_ids,
+)
 
-TEACHER_STATE_DIR = "rlsd_teacher"
+logger = logging.getLogger(__name__)
+
+# The one-time check of shared-prefix scoring against the full forward: in float32 the largest
+# |difference| of a teacher log-prob (or logit) must stay within round-off; under bf16 / fp16
+# (weights or autocast), where the two summation orders round differently, the mean |difference|
+# over response tokens must. A cache that does not fit the model errs by O(1) either way.
+_SHARED_PREFIX_MAX_ERR_FP32 = 1e-3
+_SHARED_PREFIX_MEAN_ERR_HALF = 2e-2
+
+
+class TeacherSyncCallback(TrainerCallback):
+    """Refresh the teacher after the update of every optimiser step `k` with
+    `k % teacher_sync_steps == 0` (the released code), whether or not the teacher ran."""
+
+    def __init__(self, trainer: RLSDTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        start = time.perf_counter()
+        if self.trainer.teacher.maybe_sync(state.global_step):
+            self.trainer._timings["teacher"] += time.perf_counter() - start
 
 
 class RLSDTrainer(GRPOTrainer):
     """TRL's `GRPOTrainer` with the self-teacher. Same constructor as `GRPOTrainer`; the
-    dataset may carry `privileged_context` (else `answer`) and `teacher_prompt` columns."""
+    dataset may carry `privileged_context` (else `answer`) and `teacher_prompt` columns.
+
+    `trainer.teacher` is the `TeacherSnapshot` (None for grpo); `trainer.teacher_logps(...)`
+    scores responses under the teacher."""
 
     _tag_names = ["trl", "grpo", "rlsd"]
 
@@ -81,123 +108,149 @@ class RLSDTrainer(GRPOTrainer):
         super().__init__(model, reward_funcs=reward_funcs, args=args, **kwargs)
         self._timings: dict[str, float] = defaultdict(float)
         self._rewards_per_func: torch.Tensor | None = None
-        self._teacher_synced_at = 0
-        self.teacher_model = self._build_teacher() if args.uses_teacher else None
+        self._loss_time_inputs: dict[str, Any] | None = None
+        self._prefix_sharing: bool | None = None  # None until checked against the full forward
+        self.teacher = TeacherSnapshot(self, args) if args.uses_teacher else None
+        if self.teacher is not None:
+            self.add_callback(TeacherSyncCallback(self))
 
     # ----------------------------------------------------------------------------- teacher
-    def _build_teacher(self):
-        """The teacher's weights (spec section 4); None means 'use the live policy'."""
+    def _lambda(self, step: int) -> float:
+        """lambda of the 1-based optimiser step `step` (spec section 2.4)."""
         args: RLSDConfig = self.args
-        if args.algorithm == "opd":
-            teacher = AutoModelForCausalLM.from_pretrained(
-                args.teacher_model_name_or_path, dtype=self.model.dtype
-            )
-            if (
-                teacher.config.vocab_size
-                != self.accelerator.unwrap_model(self.model).config.vocab_size
-            ):
-                raise ValueError(
-                    "The opd teacher must share the student's tokenizer: vocab sizes differ "
-                    f"({teacher.config.vocab_size} vs the student's)."
-                )
-        elif args.teacher_sync_steps == 1:
-            return None
-        elif is_peft_model(self.accelerator.unwrap_model(self.model)):
-            peft_model = self.accelerator.unwrap_model(self.model)
-            peft_model.add_adapter(TEACHER_ADAPTER, peft_model.peft_config["default"])
-            self._sync_teacher()
-            return None  # the teacher is the `rlsd_teacher` adapter of the policy itself
-        elif self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
-            # ZeRO-3 shards the policy's parameters: load the snapshot from the same checkpoint,
-            # as TRL does for its reference model (identical to the policy at step 0).
-            policy = self.accelerator.unwrap_model(self.model)
-            teacher = create_model_from_path(
-                get_config_model_id(policy.config),
-                dtype=policy.dtype,
-                attn_implementation=policy.config._attn_implementation,
-            )
-        else:
-            policy = self.accelerator.unwrap_model(self.model)
-            teacher = AutoModelForCausalLM.from_config(policy.config, dtype=policy.dtype)
-            teacher.load_state_dict(policy.state_dict())
-        teacher.requires_grad_(False)
-        teacher.eval()
-        if args.disable_dropout:
-            disable_dropout_in_model(teacher)
-        add_fused_lm_head(teacher, temperature=self.temperature)
-        if self.is_deepspeed_enabled:
-            from trl.models.utils import prepare_deepspeed
+        return lambda_at(
+            step, args.rlsd_lambda, args.rlsd_lambda_decay_steps, args.rlsd_lambda_warmup_steps
+        )
 
-            return prepare_deepspeed(teacher, self.accelerator)
-        if self.is_fsdp_enabled:
-            from trl.models.utils import prepare_fsdp
+    def _lambda_ahead(self) -> float:
+        """The largest lambda among the optimiser steps this generation batch feeds (one more
+        step than a whole number of them, where generation and accumulation are not aligned):
+        the teacher can be skipped only when all of them are 0."""
+        first = self.state.global_step + 1
+        if not self.model.training:
+            return self._lambda(first)
+        micro_steps = self.args.steps_per_generation * self.num_iterations
+        steps = math.ceil(micro_steps / self.args.gradient_accumulation_steps) + 1
+        return max(self._lambda(first + i) for i in range(steps))
 
-            return prepare_fsdp(teacher, self.accelerator)
-        return self.accelerator.prepare_model(teacher, evaluation_mode=True)
-
-    def _uses_teacher_adapter(self) -> bool:
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        return is_peft_model(unwrapped) and TEACHER_ADAPTER in unwrapped.peft_config
-
-    def _sync_teacher(self) -> None:
-        """Copy the current policy weights (or adapter) into the teacher snapshot."""
-        policy = self.accelerator.unwrap_model(self.model)
-        if is_peft_model(policy) and TEACHER_ADAPTER in policy.peft_config:
-            with torch.no_grad():
-                params = dict(policy.named_parameters())
-                for name, param in params.items():
-                    if f".{TEACHER_ADAPTER}." in name:
-                        param.data.copy_(
-                            params[name.replace(f".{TEACHER_ADAPTER}.", ".default.")].data
-                        )
-                        param.requires_grad_(False)
-        elif self.teacher_model is not None:
-            target = self.accelerator.unwrap_model(self.teacher_model)
-            SyncRefModelCallback.sync_target_model(policy, target, alpha=1.0)
-        self._teacher_synced_at = self.state.global_step
-
-    def _maybe_sync_teacher(self) -> None:
-        sync = self.args.teacher_sync_steps
-        if self.args.algorithm == "opd" or sync in (0, 1):
-            return
-        if self.state.global_step - self._teacher_synced_at >= sync:
-            self._sync_teacher()
-
-    def _teacher_context(self):
-        if self._uses_teacher_adapter():
-            return self.model, use_adapter(
-                self.accelerator.unwrap_model(self.model), TEACHER_ADAPTER
-            )
-        return (self.teacher_model if self.teacher_model is not None else self.model), nullcontext()
-
-    def _teacher_inputs(self, examples: list[dict], completion_ids, completion_mask):
-        """Teacher ids: the privileged prompt (plain prompt for opd) + the sampled ids."""
+    def _teacher_prompts(self, examples: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`[B, W]` left-padded teacher prompt ids and mask (the plain prompt for opd)."""
         args: RLSDConfig = self.args
-        if args.algorithm == "opd":  # the separate teacher sees the student's own prompt
+        if args.spec.separate_teacher:  # the separate teacher sees the student's own prompt
             examples = [{**ex, "teacher_prompt": ex["prompt"]} for ex in examples]
-        return teacher_input_ids(
+        ids, truncated = teacher_prompt_ids(
             self.processing_class,
             examples,
-            completion_ids,
-            completion_mask,
             template=args.teacher_template,
             instruction=args.teacher_instruction,
             max_prompt_length=args.teacher_max_prompt_length,
+            marker=args.teacher_truncation_marker,
             **self.chat_template_kwargs,
         )
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["teacher/truncated_ratio"].append(truncated / max(1, len(ids)))
+        prompt_ids, prompt_mask = left_pad(ids, self.processing_class.pad_token_id)
+        device = self.accelerator.device
+        return prompt_ids.to(device), prompt_mask.to(device)
+
+    def _sharing_checked(self, shared: torch.Tensor | None, full: torch.Tensor, mask) -> None:
+        """The one-time check of shared-prefix scoring against the full forward: agreed on by
+        every rank, logged once when it fails (then the full forward is used from now on)."""
+        half = self.accelerator.mixed_precision in ("bf16", "fp16") or full.dtype != torch.float32
+        if shared is None:
+            error = torch.tensor(float("inf"), device=full.device)
+        else:
+            diff = (shared.float() - full.float()).abs()
+            while mask.dim() < diff.dim():
+                mask = mask.unsqueeze(-1)
+            mask = mask.expand_as(diff).float()
+            diff = diff * mask
+            if half:
+                error = diff.sum() / mask.sum().clamp(min=1)
+            else:
+                error = diff.max() if diff.numel() else diff.new_zeros(())
+        worst = float(self.accelerator.gather(error.reshape(1)).max())
+        tol = _SHARED_PREFIX_MEAN_ERR_HALF if half else _SHARED_PREFIX_MAX_ERR_FP32
+        self._prefix_sharing = worst <= tol
+        if not self._prefix_sharing and self.accelerator.is_main_process:
+            reason = "its cache cannot be shared" if shared is None else f"differs by {worst:.2g}"
+            logger.warning(
+                "teacher_shared_prefix: falling back to the full teacher forward (%s) for this "
+                "model; set teacher_shared_prefix=False to silence this.",
+                reason,
+            )
+
+    def _score_teacher(self, shared_fn, full_fn, completion_mask):
+        """Run `shared_fn` (None where it cannot apply) or `full_fn` for the teacher; checks
+        shared-prefix scoring against the full forward the first time."""
+        shared = None
+        if self.args.teacher_shared_prefix and self._prefix_sharing is not False:
+            shared = shared_fn()
+            if self._prefix_sharing is None:
+                full = full_fn()
+                self._sharing_checked(shared, full, completion_mask)
+                return full
+        return shared if shared is not None else full_fn()
 
     @torch.no_grad()
-    def _teacher_logps(self, input_ids, attention_mask, logits_to_keep: int) -> torch.Tensor:
-        model, context = self._teacher_context()
-        with context:
-            logps, _, _ = self._get_per_token_logps_and_entropies(
-                model,
-                input_ids,
-                attention_mask,
-                logits_to_keep,
-                batch_size=self.args.per_device_train_batch_size,
+    def teacher_logps(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int
+    ) -> torch.Tensor:
+        """`[B, T]` float32 teacher log-probs of the last `T = logits_to_keep` tokens of
+        `input_ids` (teacher prompt, left-padded, then the responses, right-padded). A
+        collective under ZeRO-3 / FSDP: every rank calls it with the same number of rows."""
+        T = logits_to_keep
+        prompt_ids, prompt_mask = input_ids[:, :-T], attention_mask[:, :-T]
+        completion_ids, completion_mask = input_ids[:, -T:], attention_mask[:, -T:]
+        batch_size = self.args.per_device_train_batch_size
+        start = time.perf_counter()
+        with self.teacher.forward_context() as model:
+            logps = self._score_teacher(
+                lambda: shared_prefix_logps(
+                    model,
+                    prompt_ids,
+                    prompt_mask,
+                    completion_ids,
+                    completion_mask,
+                    batch_size,
+                    self.accelerator.autocast,
+                ),
+                lambda: self._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, T, batch_size=batch_size
+                )[0],
+                completion_mask,
             )
+        self._timings["teacher"] += time.perf_counter() - start
         return logps.float()
+
+    @torch.no_grad()
+    def _teacher_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """`[B, T, V]` temperature-scaled teacher logits for the loss-time divergence."""
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        prompt_ids, prompt_mask = inputs["teacher_prompt_ids"], inputs["teacher_prompt_mask"]
+        T = completion_ids.size(1)
+        start = time.perf_counter()
+        with self.teacher.forward_context() as model:
+
+            def shared():
+                logits = shared_prefix_logits(
+                    model,
+                    prompt_ids,
+                    prompt_mask,
+                    completion_ids,
+                    completion_mask,
+                    autocast=self.accelerator.autocast,
+                )
+                return None if logits is None else logits.float() / self.temperature
+
+            def full():
+                ids = torch.cat([prompt_ids, completion_ids], dim=1)
+                mask = torch.cat([prompt_mask, completion_mask], dim=1)
+                return self._full_logits(model, ids, mask, T)
+
+            logits = self._score_teacher(shared, full, completion_mask)
+        self._timings["teacher"] += time.perf_counter() - start
+        return logits
 
     # ------------------------------------------------------------------------ rollout side
     def _generate(self, prompts):
@@ -232,17 +285,17 @@ class RLSDTrainer(GRPOTrainer):
         start = self.accelerator.process_index * local_size
         return advantages[start : start + local_size]
 
-    def _rows_to_score(self, advantages_B: torch.Tensor) -> torch.Tensor:
-        """Rows whose teacher forward can matter (A != 0). Under several processes every rank
-        scores the same number of rows (the maximum over ranks, topped up with A = 0 rows),
-        so that all ranks run the same forwards and collectives stay matched."""
-        nonzero = (advantages_B != 0).nonzero().squeeze(1)
+    def _rows_to_score(self, needed_B: torch.Tensor) -> torch.Tensor:
+        """Rows whose teacher forward can matter. Under several processes every rank scores
+        the same number of rows (the maximum over ranks, topped up with rows that do not need
+        it), so that all ranks run the same forwards and collectives stay matched."""
+        needed = needed_B.nonzero().squeeze(1)
         if self.accelerator.num_processes == 1:
-            return nonzero
-        count = torch.tensor([len(nonzero)], device=advantages_B.device)
+            return needed
+        count = torch.tensor([len(needed)], device=needed_B.device)
         most = int(self.accelerator.gather(count).max())
-        filler = (advantages_B == 0).nonzero().squeeze(1)[: most - len(nonzero)]
-        return torch.cat([nonzero, filler])
+        filler = (~needed_B).nonzero().squeeze(1)[: most - len(needed)]
+        return torch.cat([needed, filler])
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
@@ -255,101 +308,121 @@ class RLSDTrainer(GRPOTrainer):
         if not args.uses_teacher:
             return output
 
-        completion_ids, mask = output["completion_ids"], output["completion_mask"].float()
-        if "tool_mask" in output:
-            mask = mask * output["tool_mask"]
-        step = self.state.global_step + 1  # the 1-based optimiser step this batch feeds
-        lam = lambda_at(
-            step, args.rlsd_lambda, args.rlsd_lambda_decay_steps, args.rlsd_lambda_warmup_steps
-        )
-        if args.algorithm == "rlsd":
-            self._metrics[mode]["rlsd/lambda"].append(lam)
-        rows = torch.arange(completion_ids.size(0), device=completion_ids.device)
-        if args.algorithm == "rlsd" and args.rlsd_skip_zero_advantage and lam > 0.0:
-            rows = self._rows_to_score(advantages_B)
-        if args.algorithm == "rlsd" and (lam == 0.0 or len(rows) == 0):
-            self._metrics[mode]["rlsd/teacher_skipped_ratio"].append(1.0)
-            return output  # A_hat = A exactly: TRL's 1-D advantages are already right
-
-        start = time.perf_counter()
-        self._maybe_sync_teacher()  # global decision: every rank syncs at the same step
-        self._timings["teacher"] += time.perf_counter() - start
-        teacher_ids, teacher_mask = self._teacher_inputs(
-            inputs, completion_ids, output["completion_mask"]
-        )
         if args.vocab_distillation:  # the divergence needs full logits: computed at loss time
-            output["teacher_input_ids"] = teacher_ids
-            output["teacher_attention_mask"] = teacher_mask
+            start = time.perf_counter()
+            output["teacher_prompt_ids"], output["teacher_prompt_mask"] = self._teacher_prompts(
+                inputs
+            )
+            self._timings["teacher"] += time.perf_counter() - start
         if not args.uses_token_advantages:
             return output
 
-        start = time.perf_counter()
-        T = completion_ids.size(1)
-        logp_teacher = torch.zeros_like(mask)
-        logp_student = torch.zeros_like(mask)
-        logp_teacher[rows] = self._teacher_logps(teacher_ids[rows], teacher_mask[rows], T)
-        old = output.get("old_per_token_logps")
-        if old is not None:
-            logp_student = old.float()
-        else:
-            prompt_completion = torch.cat([output["prompt_ids"], completion_ids], dim=1)
-            attention = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
-            with torch.no_grad():
-                logp_student[rows] = self._get_per_token_logps_and_entropies(
-                    self.model,
-                    prompt_completion[rows],
-                    attention[rows],
-                    T,
-                    batch_size=args.per_device_train_batch_size,
-                )[0].float()
-        self._timings["teacher"] += time.perf_counter() - start
-        scored = int((advantages_B[rows] != 0).sum()) if args.algorithm == "rlsd" else len(rows)
-        self._metrics[mode]["rlsd/teacher_skipped_ratio"].append(1.0 - scored / max(1, len(mask)))
+        # Which rows need the teacher's log-probs: every row for A_hat = delta; for rlsd, the
+        # rows whose weight is applied (A != 0; A < 0 with negative_only) while lambda > 0.
+        needed_B = torch.ones_like(advantages_B, dtype=torch.bool)
+        if args.spec.reweights:
+            sign_B = torch.sign(advantages_B)
+            reweighted_B = sign_B < 0 if args.rlsd_negative_only else sign_B != 0
+            if self._lambda_ahead() == 0.0:
+                needed_B = torch.zeros_like(needed_B)
+            elif args.rlsd_skip_zero_advantage:
+                needed_B = reweighted_B
+        rows = self._rows_to_score(needed_B)
+        self._metrics[mode]["rlsd/teacher_skipped_ratio"].append(
+            1.0 - int(needed_B.sum()) / max(1, len(needed_B))
+        )
+        if len(rows) == 0:
+            return output  # A_hat = A exactly: TRL's 1-D advantages are already right
 
-        if args.algorithm == "rlsd":
-            spec_args = (advantages_B, logp_student, logp_teacher, mask, lam, args.rlsd_eps_w)
-            a_hat = rlsd_token_advantages(*spec_args, negative_only=args.rlsd_negative_only)
-            stats = rlsd_stats(*spec_args, negative_only=args.rlsd_negative_only)
-        else:  # opsd / opd, sampled-token variant: A_hat = delta
-            a_hat = sampled_token_distill_advantages(logp_student, logp_teacher, mask)
-            stats = {"rlsd/delta_mean": float((a_hat * mask).sum() / mask.sum().clamp(min=1))}
-        stats.pop("rlsd/lambda", None)  # logged above, also for skipped steps
-        values = torch.tensor([list(stats.values())], device=self.accelerator.device)
-        for name, value in zip(stats, self.accelerator.gather(values).mean(0).tolist()):
-            self._metrics[mode][name].append(value)
-        output["advantages"] = a_hat.to(advantages_B.dtype)
-        if args.rlsd_student_logp == "current" and args.algorithm == "rlsd":
-            output["rlsd_advantages_B"] = advantages_B
-            output["rlsd_logp_teacher"] = logp_teacher
-            output["rlsd_lambda"] = torch.tensor(lam)
+        start = time.perf_counter()
+        prompt_ids, prompt_mask = self._teacher_prompts([inputs[i] for i in rows.tolist()])
+        self._timings["teacher"] += time.perf_counter() - start
+        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
+        T = completion_ids.size(1)
+        logp_teacher = torch.zeros(completion_ids.shape, device=completion_ids.device)
+        logp_teacher[rows] = self.teacher_logps(
+            torch.cat([prompt_ids, completion_ids[rows]], dim=1),
+            torch.cat([prompt_mask, completion_mask[rows].to(prompt_mask.dtype)], dim=1),
+            T,
+        )
+        scored_B = torch.zeros_like(needed_B)
+        scored_B[rows] = True
+        output["rlsd_logp_teacher"] = logp_teacher
+        output["rlsd_scored"] = scored_B
         return output
 
     # ---------------------------------------------------------------------------- loss side
     def _compute_loss(self, model, inputs):
         args: RLSDConfig = self.args
-        if "rlsd_logp_teacher" in inputs:  # rlsd_student_logp="current": delta vs current policy
+        if args.spec.reweights:
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["rlsd/lambda"].append(self._lambda(self.state.global_step + 1))
+        if "rlsd_logp_teacher" in inputs:
+            # TRL's loss forward completes A_hat (`_get_per_token_logps_and_entropies` below);
+            # a copy, so that the buffered batch keeps A for its next iteration.
             inputs = dict(inputs)
-            ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-            attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-            with torch.no_grad():
-                current = self._get_per_token_logps_and_entropies(
-                    model, ids, attention, inputs["completion_ids"].size(1)
-                )[0].float()
-            inputs["advantages"] = rlsd_token_advantages(
-                inputs["rlsd_advantages_B"],
-                current,
-                inputs["rlsd_logp_teacher"],
-                inputs["completion_mask"].float(),
-                float(inputs["rlsd_lambda"]),
-                args.rlsd_eps_w,
-                args.rlsd_negative_only,
+            self._loss_time_inputs = inputs
+        try:
+            if not args.vocab_distillation:
+                return super()._compute_loss(model, inputs)
+            distill = self._distillation_loss(model, inputs)
+            if args.spec.uses_reward:
+                return super()._compute_loss(model, inputs) + args.grpo_opsd_alpha * distill
+            return distill
+        finally:
+            self._loss_time_inputs = None
+
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        **kwargs,
+    ):
+        """TRL's forward. In the loss (the only call with `compute_entropy`), it also turns the
+        micro-batch's `A` into `A_hat` from these very log-probs, detached: the released code's
+        delta, with no forward of its own, before TRL's loss reads `inputs["advantages"]`."""
+        out = super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, **kwargs
+        )
+        pending = self._loss_time_inputs
+        if pending is not None and compute_entropy:
+            self._loss_time_inputs = None
+            pending["advantages"] = self._token_advantages(pending, out[0])
+        return out
+
+    def _token_advantages(self, inputs: dict[str, Any], logps_BT: torch.Tensor) -> torch.Tensor:
+        """`A_hat [B, T]` of one micro-batch (spec section 2; `delta` for sampled-token OPSD)
+        and its section-6 statistics. The student's log-prob is TRL's old one when it has one
+        and `rlsd_student_logp="old"`, else this forward's; lambda is the one of the optimiser
+        step the micro-batch feeds."""
+        args: RLSDConfig = self.args
+        mode = "train" if self.model.training else "eval"
+        mask = inputs["completion_mask"].float()
+        if "tool_mask" in inputs:
+            mask = mask * inputs["tool_mask"]
+        old = inputs.get("old_per_token_logps")
+        use_old = old is not None and args.rlsd_student_logp == "old"
+        logp_student = (old if use_old else logps_BT).detach().float()
+        logp_teacher, advantages_B = inputs["rlsd_logp_teacher"], inputs["advantages"]
+        if args.spec.reweights:
+            lam = self._lambda(self.state.global_step + 1)
+            spec_args = (advantages_B, logp_student, logp_teacher, mask, lam, args.rlsd_eps_w)
+            a_hat = rlsd_token_advantages(*spec_args, negative_only=args.rlsd_negative_only)
+            stats = rlsd_stats(
+                *spec_args, negative_only=args.rlsd_negative_only, scored=inputs["rlsd_scored"]
             )
-        if not args.vocab_distillation:
-            return super()._compute_loss(model, inputs)
-        distill = self._distillation_loss(model, inputs)
-        if args.algorithm == "grpo_opsd":
-            return super()._compute_loss(model, inputs) + args.grpo_opsd_alpha * distill
-        return distill
+            stats.pop("rlsd/lambda")  # logged per micro-batch in _compute_loss, skips included
+        else:  # opsd / opd, sampled-token variant: A_hat = delta
+            a_hat = sampled_token_distill_advantages(logp_student, logp_teacher, mask)
+            stats = {"rlsd/delta_mean": float((a_hat * mask).sum() / mask.sum().clamp(min=1))}
+        values = torch.tensor([list(stats.values())], device=self.accelerator.device)
+        for name, value in zip(stats, self.accelerator.gather(values).mean(0).tolist()):
+            self._metrics[mode][name].append(value)
+        return a_hat.to(advantages_B.dtype)
 
     def _full_logits(self, model, input_ids, attention_mask, logits_to_keep: int) -> torch.Tensor:
         """`[B, T, V]` temperature-scaled logits predicting the last `logits_to_keep` tokens."""
@@ -368,14 +441,8 @@ class RLSDTrainer(GRPOTrainer):
         ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
         attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         student_logits = self._full_logits(model, ids, attention, T)
-        teacher_model, context = self._teacher_context()
-        with torch.no_grad(), context:
-            teacher_logits = self._full_logits(
-                teacher_model, inputs["teacher_input_ids"], inputs["teacher_attention_mask"], T
-            )
-        beta = {"jsd": args.opsd_beta, "forward_kl": 0.0, "reverse_kl": 1.0}.get(
-            args.opsd_divergence, 0.5
-        )
+        teacher_logits = self._teacher_logits(inputs)
+        beta = {"jsd": args.opsd_beta, "forward_kl": 0.0, "reverse_kl": 1.0}[args.opsd_divergence]
         divergence = generalized_jsd(student_logits, teacher_logits, mask, beta=beta)
         normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
         if mode == "train":
@@ -386,7 +453,7 @@ class RLSDTrainer(GRPOTrainer):
         self._metrics[mode]["opsd/divergence"].append(
             self.accelerator.gather(divergence.detach().reshape(1)).mean().item()
         )
-        if args.algorithm != "grpo_opsd":  # TRL's loss (which logs entropy) is not called
+        if not args.spec.uses_reward:  # TRL's loss (which logs entropy) is not called
             with torch.no_grad():
                 logp = torch.log_softmax(student_logits, dim=-1)
                 entropy = -(logp.exp() * logp).sum(-1)
@@ -420,48 +487,11 @@ class RLSDTrainer(GRPOTrainer):
     # -------------------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        if not self.args.uses_teacher or not self.is_world_process_zero():
-            return
-        folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
-        state = {"teacher_synced_at": self._teacher_synced_at}
-        tensors = self._teacher_state_dict()
-        if tensors:
-            (folder / TEACHER_STATE_DIR).mkdir(parents=True, exist_ok=True)
-            save_file(tensors, str(folder / TEACHER_STATE_DIR / "model.safetensors"))
-        (folder / TEACHER_STATE_DIR).mkdir(parents=True, exist_ok=True)
-        (folder / TEACHER_STATE_DIR / "state.json").write_text(json.dumps(state) + "\n")
-
-    def _teacher_state_dict(self) -> dict[str, torch.Tensor]:
-        """The snapshot's tensors (nothing for live weights or the separate opd teacher)."""
-        if self.args.algorithm == "opd":
-            return {}
-        if self._uses_teacher_adapter():
-            return {
-                n: p.detach().cpu().contiguous()
-                for n, p in self.accelerator.unwrap_model(self.model).named_parameters()
-                if f".{TEACHER_ADAPTER}." in n
-            }
-        if self.teacher_model is None:
-            return {}
-        target = self.accelerator.unwrap_model(self.teacher_model)
-        return {n: p.detach().cpu().contiguous() for n, p in target.named_parameters()}
+        if self.teacher is not None:  # every rank: the snapshot is gathered under sharding
+            folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+            self.teacher.save(folder / TEACHER_STATE_DIR)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None or not self.args.uses_teacher:
-            return
-        folder = Path(checkpoint) / TEACHER_STATE_DIR
-        if (folder / "state.json").exists():
-            self._teacher_synced_at = json.loads((folder / "state.json").read_text())[
-                "teacher_synced_at"
-            ]
-        if not (folder / "model.safetensors").exists():
-            return
-        tensors = load_file(str(folder / "model.safetensors"))
-        if self._uses_teacher_adapter():
-            params = dict(self.accelerator.unwrap_model(self.model).named_parameters())
-        else:
-            params = dict(self.accelerator.unwrap_model(self.teacher_model).named_parameters())
-        with torch.no_grad():
-            for name, value in tensors.items():
-                params[name].data.copy_(value.to(params[name].device))
+        if checkpoint is not None and self.teacher is not None:
+            self.teacher.load(Path(checkpoint) / TEACHER_STATE_DIR)
