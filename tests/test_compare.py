@@ -48,8 +48,12 @@ def runs():
         "grpo": {0: _run([0.1, 0.2, 0.25, 0.30]), 1: _run([0.1, 0.2, 0.34, 0.34])},
         # RLSD: reaches 0.32 at step 20 (mean 0.33), final 0.40 +- 0.
         "rlsd": {
-            0: _run([0.1, 0.31, 0.4, 0.4], **{"rlsd/w_moved_ratio": 0.2, "time/teacher": 1.0}),
-            1: _run([0.1, 0.35, 0.4, 0.4], **{"rlsd/w_moved_ratio": 0.4, "time/teacher": 1.0}),
+            0: _run(
+                [0.1, 0.31, 0.4, 0.4], **{"rlsd/w_moved_ratio_reweighted": 0.2, "time/teacher": 1.0}
+            ),
+            1: _run(
+                [0.1, 0.35, 0.4, 0.4], **{"rlsd/w_moved_ratio_reweighted": 0.4, "time/teacher": 1.0}
+            ),
         },
         # OPSD: never reaches GRPO's final.
         "opsd": {0: _run([0.1, 0.3, 0.2, 0.1]), 1: _run([0.1, 0.3, 0.2, 0.1])},
@@ -81,8 +85,8 @@ def test_summarize_speedup_spread_and_weights(runs):
     assert rlsd["best_accuracy"] == pytest.approx(0.4) and rlsd["best_step"] == 20
     assert opsd["steps_to_baseline_final"] is None and opsd["steps_ratio_to_baseline"] is None
     assert opsd["best_accuracy"] == pytest.approx(0.3) and opsd["best_step"] == 10
-    assert rlsd["rlsd/w_moved_ratio"] == pytest.approx(0.3)
-    assert math.isnan(grpo["rlsd/w_moved_ratio"])
+    assert rlsd["rlsd/w_moved_ratio_reweighted"] == pytest.approx(0.3)
+    assert math.isnan(grpo["rlsd/w_moved_ratio_reweighted"])
     assert rlsd["step_time_mean"] == 2.0 and rlsd["teacher_time_mean"] == 1.0
 
 

@@ -283,9 +283,13 @@ def test_rlsd_stats_hand_example():
         "rlsd/delta_mean": 0.3 / 14,
         "rlsd/w_raw_mean": 2 * (E01 + EM01 + e1 + em1 + 1) / 10,
         "rlsd/w_clipped_mean": 2 * (E01 + EM01 + 1.2 + 0.8 + 1) / 10,
-        "rlsd/clip_low_ratio": 2 / 10,
-        "rlsd/clip_high_ratio": 2 / 10,
-        "rlsd/w_moved_ratio": 8 / 10,
+        "rlsd/clip_low_ratio_reweighted": 2 / 10,
+        "rlsd/clip_high_ratio_reweighted": 2 / 10,
+        "rlsd/w_moved_ratio_reweighted": 8 / 10,
+        # the paper's denominator: all 14 response tokens, A = 0 ones counting as unclipped
+        "rlsd/clip_low_ratio_all": 2 / 14,
+        "rlsd/clip_high_ratio_all": 2 / 14,
+        "rlsd/w_moved_ratio_all": 8 / 14,
         "rlsd/adv_hat_mean": (2 * f_row - f_row) / 14,
         "rlsd/adv_hat_abs_mean": (2 * f_row + f_row) / 14,
         "rlsd/adv_hat_over_adv": 2 * f_row / 10,
@@ -300,12 +304,28 @@ def test_rlsd_stats_hand_example():
     assert stats["rlsd/adv_hat_over_adv"] == pytest.approx(1.0010008, rel=1e-6)
 
 
+def test_rlsd_stats_delta_mean_counts_scored_rows_only():
+    # The trainer skips the teacher on A = 0 rows; their placeholder log-probs (row 2's 0.3
+    # here) must not enter delta_mean. Rows 0 and 1 have deltas summing to 0.
+    adv, logp_s, logp_t, mask = hand_example()
+    scored = torch.tensor([True, True, False])
+    stats = rlsd_stats(adv, logp_s, logp_t, mask, lam=0.5, scored=scored)
+    assert stats["rlsd/delta_mean"] == 0.0
+    everything = rlsd_stats(adv, logp_s, logp_t, mask, lam=0.5)
+    assert everything["rlsd/delta_mean"] == pytest.approx(0.3 / 14)
+    assert {k: v for k, v in stats.items() if k != "rlsd/delta_mean"} == {
+        k: v for k, v in everything.items() if k != "rlsd/delta_mean"
+    }
+
+
 def test_rlsd_stats_negative_only_and_empty_sets():
     adv, logp_s, logp_t, mask = hand_example()
     stats = rlsd_stats(adv, logp_s, logp_t, mask, lam=0.5, negative_only=True)
     # Only row 1 is reweighted (5 tokens): 2 of its 5 clipped, 4 moved.
-    assert stats["rlsd/clip_low_ratio"] == pytest.approx(1 / 5)
-    assert stats["rlsd/w_moved_ratio"] == pytest.approx(4 / 5)
+    assert stats["rlsd/clip_low_ratio_reweighted"] == pytest.approx(1 / 5)
+    assert stats["rlsd/w_moved_ratio_reweighted"] == pytest.approx(4 / 5)
+    assert stats["rlsd/clip_low_ratio_all"] == pytest.approx(1 / 14)
+    assert stats["rlsd/w_moved_ratio_all"] == pytest.approx(4 / 14)
     # Over the 10 tokens with A != 0: row 0 at ratio 1, row 1 at its mix factors.
     f_row = F01 + FM01 + 1.1 + 0.9 + 1.0
     assert stats["rlsd/adv_hat_over_adv"] == pytest.approx((5 + f_row) / 10, rel=1e-6)
@@ -321,7 +341,7 @@ def test_rlsd_stats_w_raw_is_capped():
         torch.tensor([1.0]), torch.zeros(1, 1), torch.tensor([[100.0]]), torch.ones(1, 1), 0.5
     )
     assert stats["rlsd/w_raw_mean"] == pytest.approx(math.exp(30))
-    assert stats["rlsd/clip_high_ratio"] == 1.0
+    assert stats["rlsd/clip_high_ratio_all"] == stats["rlsd/clip_high_ratio_reweighted"] == 1.0
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,12 +24,15 @@ SPEC_METRICS = [  # spec section 6
     "rlsd/delta_mean",
     "rlsd/w_raw_mean",
     "rlsd/w_clipped_mean",
-    "rlsd/clip_low_ratio",
-    "rlsd/clip_high_ratio",
+    "rlsd/clip_low_ratio_all",
+    "rlsd/clip_high_ratio_all",
+    "rlsd/clip_low_ratio_reweighted",
+    "rlsd/clip_high_ratio_reweighted",
     "rlsd/adv_hat_mean",
     "rlsd/adv_hat_abs_mean",
     "rlsd/lambda",
-    "rlsd/w_moved_ratio",
+    "rlsd/w_moved_ratio_all",
+    "rlsd/w_moved_ratio_reweighted",
     "rlsd/adv_hat_over_adv",
     "entropy",
     "completions/mean_length",
@@ -58,6 +61,7 @@ def make_trainer(path, output_dir, **overrides):
         seed=0,
         save_strategy="no",
         teacher_template=task.teacher_template,
+        bf16=False,  # fp32 on the CPU (bf16 autocast is much slower there)
     )
     kwargs.update(overrides)
     config = RLSDConfig(**kwargs)
@@ -86,7 +90,7 @@ def test_short_rlsd_run_moves_weights_and_logs_spec_metrics(tiny_path, tmp_path)
     # the teacher's evidence really acts: some weights moved off 1, within the clip
     w = [r["rlsd/w_clipped_mean"] for r in trainer.state.log_history if "rlsd/w_clipped_mean" in r]
     assert all(0.8 <= x <= 1.2 for x in w)
-    assert max(r.get("rlsd/w_moved_ratio", 0) for r in trainer.state.log_history) > 0.01
+    assert max(r.get("rlsd/w_moved_ratio_reweighted", 0) for r in trainer.state.log_history) > 0.01
 
 
 def test_teacher_sees_the_privileged_context(tiny_path, tmp_path):
@@ -115,14 +119,14 @@ def test_teacher_sees_the_privileged_context(tiny_path, tmp_path):
             [r["prompt"] for r in rows], add_generation_prompt=True, tokenize=False
         )
         assert not any(r["privileged_context"] in p for r, p in zip(rows, s_prompts))
-        teacher = trainer._teacher_logps(t_ids, t_mask, width)
+        teacher = trainer.teacher_logps(t_ids, t_mask, width)
         s_ids, s_mask = teacher_input_ids(
             tok,
             [{**r, "teacher_prompt": r["prompt"]} for r in rows],
             completion_ids,
             completion_mask,
         )
-        student = trainer._teacher_logps(s_ids, s_mask, width)
+        student = trainer.teacher_logps(s_ids, s_mask, width)
         m = completion_mask.float()
         gain = ((teacher - student) * m).sum(1)  # nats per response
         unsure = (student * m).sum(1) < -1.0  # references the student would rarely write
@@ -143,7 +147,8 @@ def test_resume_restores_step_config_teacher_and_lambda(tiny_path, tmp_path):
     checkpoint = tmp_path / "checkpoint-2"
     assert (checkpoint / "rlsd_teacher" / "model.safetensors").exists()
     assert json.loads((checkpoint / "rlsd_teacher" / "state.json").read_text()) == {
-        "teacher_synced_at": 0
+        "kind": "copy",
+        "synced_at": 0,
     }
     from safetensors.torch import load_file
 
@@ -155,9 +160,9 @@ def test_resume_restores_step_config_teacher_and_lambda(tiny_path, tmp_path):
 
     class Probe(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            teacher = second.accelerator.unwrap_model(second.teacher_model)
+            teacher = second.accelerator.unwrap_model(second.teacher.model)
             seen["step"] = state.global_step
-            seen["synced_at"] = second._teacher_synced_at
+            seen["synced_at"] = second.teacher.synced_at
             seen["teacher_equals_saved"] = all(
                 torch.equal(p, saved_teacher[n]) for n, p in teacher.named_parameters()
             )
@@ -180,7 +185,7 @@ def test_resume_restores_step_config_teacher_and_lambda(tiny_path, tmp_path):
     # the log history of steps 1-2 comes back with the checkpoint; lambda continues at step 3
     lambdas = [r["rlsd/lambda"] for r in second.state.log_history if "rlsd/lambda" in r]
     assert lambdas == pytest.approx([lambda_at(k) for k in (1, 2, 3, 4)])
-    assert second._teacher_synced_at == 3  # refreshed at step 3 after resuming
+    assert second.teacher.synced_at == 3  # refreshed at step 3 after resuming
 
 
 def test_peft_teacher_is_a_snapshot_adapter(tiny_path, tmp_path):
@@ -211,13 +216,13 @@ def test_peft_teacher_is_a_snapshot_adapter(tiny_path, tmp_path):
             r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
         ),
     )
-    assert trainer.teacher_model is None and trainer._uses_teacher_adapter()
+    assert trainer.teacher.kind == "adapter" and trainer.teacher.model is None
     trainer.train()
     params = dict(trainer.model.named_parameters())
     teacher = {n: p for n, p in params.items() if ".rlsd_teacher." in n}
     assert teacher and not any(p.requires_grad for p in teacher.values())
     # synced at step 2, then the policy adapter moved on at step 3
-    assert trainer._teacher_synced_at == 2
+    assert trainer.teacher.synced_at == 2
     diffs = [
         not torch.equal(p, params[n.replace(".rlsd_teacher.", ".default.")])
         for n, p in teacher.items()
@@ -251,7 +256,7 @@ def test_baselines_train_under_the_same_api(tiny_path, tmp_path, algorithm, extr
     assert any(metric in r for r in history)
     assert all("rlsd/lambda" not in r for r in history)  # only rlsd mixes with lambda
     if algorithm == "grpo":
-        assert trainer.teacher_model is None and all(
+        assert trainer.teacher is None and all(
             "time/teacher" not in r or r["time/teacher"] == 0 for r in history
         )
     if metric == "opsd/divergence":
@@ -267,13 +272,11 @@ def test_opd_uses_a_separate_teacher_on_the_plain_prompt(tiny_path, random_path,
         max_steps=1,
         per_device_train_batch_size=16,
     )
-    teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
+    teacher = trainer.accelerator.unwrap_model(trainer.teacher.model)
     shipped = AutoModelForCausalLM.from_pretrained(tiny_path).state_dict()
     assert all(torch.equal(p, shipped[n]) for n, p in teacher.named_parameters())
-    ids, _ = trainer._teacher_inputs(
-        [{"prompt": [{"role": "user", "content": "Q:1+2="}], "privileged_context": "SECRET"}],
-        torch.tensor([[20, 21]]),
-        torch.tensor([[1, 1]]),
+    ids, _ = trainer._teacher_prompts(
+        [{"prompt": [{"role": "user", "content": "Q:1+2="}], "privileged_context": "SECRET"}]
     )
     assert "SECRET" not in trainer.processing_class.decode(ids[0])
     trainer.train()

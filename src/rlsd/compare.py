@@ -58,7 +58,6 @@ BUILTIN_VARIANTS: dict[str, dict[str, Any]] = {
     },
     "grpo_opsd": {"algorithm": "grpo_opsd"},
 }
-ALGORITHMS = ("grpo_opsd", "rlsd", "grpo", "opsd", "opd")  # longest prefix first
 # Flags that compare owns: giving them after `--` would break "same everything else".
 RESERVED = ("algorithm", "output_dir", "seed", "resume_from_checkpoint")
 
@@ -88,17 +87,19 @@ PRESETS = {
 # Cost model of `estimate_seconds`, measured with the shipped tiny model, OMP_NUM_THREADS=1,
 # on this project's 2-core CPU with one other process running (benchmarks/cost.py): a GRPO
 # step of 128 completions took 0.95-1.1 s (completions of ~22 tokens; 1.3 s leaves room for
-# longer ones), the teacher forward +33% (rlsd) / +29% (opsd's loss-time teacher), a held-out
-# evaluation (sampled + greedy) 3 s per 500 problems, and start-up plus the final save ~8 s.
+# longer ones), the teacher's extra cost per step is each algorithm's `teacher_cost` in
+# `rlsd.config.ALGORITHM_SPECS`, a held-out evaluation (sampled + greedy) 3 s per 500 problems,
+# and start-up plus the final save ~8 s.
 STEP_S_PER_128 = 1.3
-TEACHER_EXTRA = 0.35
 EVAL_S_PER_PROBLEM = 0.007
 STARTUP_S = 8.0
 
 
 # --------------------------------------------------------------------------- the variants
 def _infer_algorithm(name: str) -> str:
-    for algorithm in ALGORITHMS:
+    from rlsd.config import ALGORITHMS
+
+    for algorithm in sorted(ALGORITHMS, key=len, reverse=True):  # grpo_opsd before grpo
         if name == algorithm or name.startswith((f"{algorithm}_", f"{algorithm}-")):
             return algorithm
     raise ValueError(
@@ -173,23 +174,23 @@ def estimate_seconds(
 ) -> float:
     """Wall-time estimate of a compare (the cost model above; `jobs` up to the core count).
 
-    Per run: startup + steps x step cost (x (1 + TEACHER_EXTRA) while the teacher runs:
+    Per run: startup + steps x step cost (x (1 + the algorithm's teacher_cost) while the teacher runs:
     every step for opsd/grpo_opsd and constant-lambda rlsd, the first decay steps for rlsd)
     + evaluations (before, every `eval_every` steps, after) x num_eval x per-problem cost.
     """
+    from rlsd.config import ALGORITHM_SPECS
+
     step_s = STEP_S_PER_128 * batch / 128
     # Before the first step, every `eval_every` steps, and after the last (if not just done).
     evals = 2 if not eval_every else 1 + max_steps // eval_every + bool(max_steps % eval_every)
     total = 0.0
     for flags in variants.values():
-        algorithm = flags.get("algorithm", "rlsd")
-        teacher_steps = 0
-        if algorithm in ("opsd", "grpo_opsd", "opd"):
-            teacher_steps = max_steps
-        elif algorithm == "rlsd":
+        spec = ALGORITHM_SPECS[flags.get("algorithm", "rlsd")]
+        teacher_steps = max_steps if spec.distills else 0
+        if spec.reweights:  # the teacher runs while lambda > 0
             decay = int(flags.get("rlsd_lambda_decay_steps", 50))
             teacher_steps = max_steps if decay == 0 else min(max_steps, decay - 1)
-        run = STARTUP_S + max_steps * step_s + teacher_steps * step_s * TEACHER_EXTRA
+        run = STARTUP_S + max_steps * step_s + teacher_steps * step_s * spec.teacher_cost
         total += seeds * (run + evals * num_eval * EVAL_S_PER_PROBLEM)
     return total / max(1, min(jobs, os.cpu_count() or 1))
 

@@ -35,10 +35,10 @@ Runs = dict[str, dict[int, list[dict[str, Any]]]]
 ACCURACY = "eval/accuracy"
 WEIGHT_STATS = (
     ("rlsd/lambda", "lambda"),
-    ("rlsd/w_moved_ratio", "w moved"),
+    ("rlsd/w_moved_ratio_reweighted", "w moved (A != 0 tokens)"),
     ("rlsd/adv_hat_over_adv", "mean abs(A_hat)/abs(A)"),
-    ("rlsd/clip_low_ratio", "clip low"),
-    ("rlsd/clip_high_ratio", "clip high"),
+    ("rlsd/clip_low_ratio_all", "clip low (all tokens)"),
+    ("rlsd/clip_high_ratio_all", "clip high (all tokens)"),
     ("rlsd/teacher_skipped_ratio", "teacher skipped"),
 )
 

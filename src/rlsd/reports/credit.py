@@ -257,7 +257,7 @@ def summarize(
     adv = torch.tensor([s["advantage"] for s in samples])
     stats = rlsd_stats(adv, logp_s, logp_t, mask, lam, eps_w, negative_only)
     out = {k.removeprefix("rlsd/"): v for k, v in stats.items()}
-    out["clip_ratio"] = out["clip_low_ratio"] + out["clip_high_ratio"]
+    out["clip_ratio"] = out["clip_low_ratio_reweighted"] + out["clip_high_ratio_reweighted"]
     out.update(
         num_problems=len(records),
         num_samples=len(samples),
@@ -482,8 +482,8 @@ def render_html(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
         ("sampled accuracy", _fmt(summary.get("accuracy"), ".3f")),
         (
             "tokens with w clipped",
-            f"{_fmt(summary.get('clip_ratio'), '.1%')} (low {_fmt(summary.get('clip_low_ratio'), '.1%')}, "
-            f"high {_fmt(summary.get('clip_high_ratio'), '.1%')}) of tokens with A != 0",
+            f"{_fmt(summary.get('clip_ratio'), '.1%')} (low {_fmt(summary.get('clip_low_ratio_reweighted'), '.1%')}, "
+            f"high {_fmt(summary.get('clip_high_ratio_reweighted'), '.1%')}) of tokens with A != 0",
         ),
         ("mean |A_hat| / |A|", _fmt(summary.get("adv_hat_over_adv"), ".4f")),
         ("mean delta", _fmt(summary.get("delta_mean"), "+.4f")),
