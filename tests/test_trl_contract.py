@@ -30,10 +30,19 @@ def test_overridden_methods_keep_their_signatures():
         "_load_optimizer_and_scheduler": ["self", "checkpoint"],
         "training_step": ["self", "model", "inputs", "num_items_in_batch"],
         "log": ["self", "logs", "start_time"],
+        "_get_per_token_logps_and_entropies": [
+            "self",
+            "model",
+            "input_ids",
+            "attention_mask",
+            "logits_to_keep",
+            "batch_size",
+            "compute_entropy",
+        ],
     }
     for name, params in expected.items():
         assert hasattr(GRPOTrainer, name), f"TRL removed GRPOTrainer.{name}"
-        assert _params(getattr(GRPOTrainer, name)) == params, (
+        assert _params(getattr(GRPOTrainer, name))[: len(params)] == params, (
             f"GRPOTrainer.{name} changed signature"
         )
         assert name in RLSDTrainer.__dict__
@@ -55,6 +64,12 @@ def test_trl_internals_we_read_still_exist():
     # the dual clip is TRL's `delta`, the upper clip `epsilon_high`, dapo normalises by num_items_in_batch
     assert "coef_1 = torch.clamp(coef_1, max=self.args.delta)" in source
     assert 'inputs["num_items_in_batch"]' in source
+    # A_hat is completed inside the loss forward: TRL's loss must compute its log-probs (the only
+    # call with entropies) before it reads the advantages, and use old log-probs when present.
+    forward = source.index("self._get_per_token_logps_and_entropies(")
+    assert "compute_entropy=True" in source[forward : source.index(")", forward + 200)]
+    assert forward < source.index('advantages = inputs["advantages"]')
+    assert 'old_per_token_logps = inputs.get("old_per_token_logps")' in source
     out_source = inspect.getsource(GRPOTrainer._generate_and_score_completions)
     for key in (
         '"completion_ids"',

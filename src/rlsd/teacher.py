@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -280,13 +281,16 @@ def _response_batches(
     completion_mask: torch.Tensor,
     batch_size: int,
     autocast,
+    timings: dict[str, float] | None = None,
 ) -> Iterator[tuple[dict[str, Any], int]] | None:
     """Model inputs scoring the responses from the shared prefix cache, one chunk at a time.
 
     Each row's input is its prompt's last token followed by the response, with the prompt's
     cache (all tokens but the last) in front: the same ids, attention mask and positions as
     the full `[prompt, response]` forward, so position `j` of the output predicts token `j`."""
+    start = time.perf_counter()
     encoded = _encode_prefixes(model, prompt_ids, prompt_mask, autocast)
+    _add_time(timings, "teacher_prefix", start)
     if encoded is None:
         return None
     unique_ids, unique_mask, row_to_prefix, cache = encoded
@@ -303,6 +307,11 @@ def _response_batches(
     return batches()
 
 
+def _add_time(timings: dict[str, float] | None, key: str, start: float) -> None:
+    if timings is not None:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
+
+
 @torch.no_grad()
 def shared_prefix_logps(
     model,
@@ -312,6 +321,7 @@ def shared_prefix_logps(
     completion_mask: torch.Tensor,
     batch_size: int | None = None,
     autocast=nullcontext,
+    timings: dict[str, float] | None = None,
 ) -> torch.Tensor | None:
     """`[B, T]` log-probs of the sampled tokens, scoring every distinct prompt once.
 
@@ -319,7 +329,8 @@ def shared_prefix_logps(
     labels at the sampling temperature, as `GRPOTrainer._get_per_token_logps_and_entropies`
     does). Inputs: `prompt_ids`/`prompt_mask` `[B, W]` left-padded, `completion_ids`/
     `completion_mask` `[B, T]` right-padded. Returns None where sharing cannot apply (the
-    caller then runs the full forward)."""
+    caller then runs the full forward). `timings` (optional) accumulates the seconds spent
+    encoding prompts (`teacher_prefix`) and scoring responses (`teacher_responses`)."""
     T = completion_ids.size(1)
     batches = _response_batches(
         model,
@@ -329,9 +340,11 @@ def shared_prefix_logps(
         completion_mask,
         batch_size or completion_ids.size(0),
         autocast,
+        timings,
     )
     if batches is None:
         return None
+    start = time.perf_counter()
     out = []
     for inputs, _ in batches:
         labels = inputs["input_ids"].masked_fill(inputs["attention_mask"][:, -T - 1 :] == 0, -100)
@@ -339,6 +352,7 @@ def shared_prefix_logps(
         with autocast():
             result = model(**inputs, labels=labels, fused_lm_head=True)
         out.append(result.log_probs[:, -T:])
+    _add_time(timings, "teacher_responses", start)
     return torch.cat(out, dim=0)
 
 
@@ -351,6 +365,7 @@ def shared_prefix_logits(
     completion_mask: torch.Tensor,
     batch_size: int | None = None,
     autocast=nullcontext,
+    timings: dict[str, float] | None = None,
 ) -> torch.Tensor | None:
     """`[B, T, V]` logits predicting each response token (position `t` predicts token `t`),
     scoring every distinct prompt once; None where sharing cannot apply. For the
@@ -364,13 +379,16 @@ def shared_prefix_logits(
         completion_mask,
         batch_size or completion_ids.size(0),
         autocast,
+        timings,
     )
     if batches is None:
         return None
+    start = time.perf_counter()
     out = []
     for inputs, _ in batches:
         with autocast():
             out.append(model(**inputs).logits[:, :T])
+    _add_time(timings, "teacher_responses", start)
     return torch.cat(out, dim=0)
 
 

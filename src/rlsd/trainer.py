@@ -214,6 +214,7 @@ class RLSDTrainer(GRPOTrainer):
                     completion_mask,
                     batch_size,
                     self.accelerator.autocast,
+                    self._timings,
                 ),
                 lambda: self._get_per_token_logps_and_entropies(
                     model, input_ids, attention_mask, T, batch_size=batch_size
@@ -240,6 +241,7 @@ class RLSDTrainer(GRPOTrainer):
                     completion_ids,
                     completion_mask,
                     autocast=self.accelerator.autocast,
+                    timings=self._timings,
                 )
                 return None if logits is None else logits.float() / self.temperature
 
@@ -473,8 +475,12 @@ class RLSDTrainer(GRPOTrainer):
         }
         self._timings["update"] += time.perf_counter() - start - sum(spent.values())
         if self._step % self.current_gradient_accumulation_steps == 0:
+            # teacher_prefix + teacher_responses: the shared-prefix part of `teacher`
             for name in ("generate", "verify", "teacher", "update"):
                 self._metrics["train"][f"time/{name}"].append(self._timings.pop(name, 0.0))
+            for name in ("teacher_prefix", "teacher_responses"):
+                if name in self._timings:
+                    self._metrics["train"][f"time/{name}"].append(self._timings.pop(name))
         return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
