@@ -50,6 +50,7 @@ def test_smollm2_trains_one_rlsd_step(smollm, tmp_path):
         save_strategy="no",
         logging_steps=1,
         teacher_template=DEFAULT_TEACHER_TEMPLATE,
+        bf16=False,
     )
     model = AutoModelForCausalLM.from_pretrained(smollm, dtype=torch.float32)
     trainer = RLSDTrainer(
@@ -65,9 +66,11 @@ def test_smollm2_trains_one_rlsd_step(smollm, tmp_path):
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
     logged = trainer.state.log_history[0]
     assert "rlsd/w_clipped_mean" in logged and logged["rlsd/lambda"] == pytest.approx(0.49)
+    # shared-prefix teacher scoring passed its check against the full forward on a real
+    # pretrained model with grouped-query attention (SmolLM2: 9 query heads, 3 KV heads)
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    assert trainer._prefix_sharing is True
     # the teacher's prompt went through SmolLM2's chat template, with the reference inside
-    ids, _ = trainer._teacher_inputs(
-        rows[:1], torch.tensor([[tokenizer.eos_token_id]]), torch.tensor([[1]])
-    )
+    ids, _ = trainer._teacher_prompts(rows[:1])
     text = tokenizer.decode(ids[0])
     assert "<|im_start|>user" in text and "Here is a reference solution:\n5" in text
