@@ -430,8 +430,8 @@ def clipped_policy_loss(
         max_len: the constant length for ``"seq_sum_norm"`` (required there).
 
     Returns:
-        ``(loss, metrics)``: ``loss`` a float32 scalar tensor; ``metrics`` the shares of masked tokens
-        where a clip is active (its gradient is zero): ``clip/low_ratio`` (``A_hat < 0`` and
+        ``(loss, metrics)``: ``loss`` a float32 scalar tensor; ``metrics`` the shares of masked
+        tokens where a clip is active (its gradient is zero): ``clip/low_ratio`` (``A_hat < 0`` and
         ``rho < 1 - eps_low``), ``clip/high_ratio`` (``A_hat > 0`` and ``rho > 1 + eps_high``),
         ``clip/dual_ratio`` (``A_hat < 0`` and the dual bound is taken).
     """

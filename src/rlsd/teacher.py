@@ -104,7 +104,7 @@ def teacher_prompt(
 
 def _question_of(example: Mapping[str, Any]) -> str:
     """A short, non-privileged name for a row in error messages: its question."""
-    prompt = example.get("prompt")
+    prompt: Any = example.get("prompt", "")
     if is_conversational(prompt):
         prompt = next((m.get("content") for m in reversed(prompt) if m.get("role") == "user"), "")
     text = " ".join(str(prompt).split())
@@ -423,12 +423,12 @@ def _gathered(params: list[torch.nn.Parameter], modifier_rank: int | None = None
         yield
 
 
-def _full_value(param: torch.Tensor) -> torch.Tensor:
+def _full_value(param: Any) -> torch.Tensor:
     """The whole tensor of a (possibly FSDP-sharded) parameter, on every rank."""
     return param.full_tensor() if _is_dtensor(param) else param.data
 
 
-def _write(param: torch.Tensor, value: torch.Tensor) -> None:
+def _write(param: Any, value: torch.Tensor) -> None:
     """Copy a full tensor into a (possibly FSDP-sharded) parameter."""
     if _is_dtensor(param):
         from torch.distributed.tensor import distribute_tensor

@@ -92,6 +92,7 @@ class RLSDTrainer(GRPOTrainer):
     scores responses under the teacher."""
 
     _tag_names = ["trl", "grpo", "rlsd"]
+    args: RLSDConfig
 
     def __init__(self, model, reward_funcs=None, args: RLSDConfig | None = None, **kwargs):
         if args is None:
@@ -115,9 +116,17 @@ class RLSDTrainer(GRPOTrainer):
             self.add_callback(TeacherSyncCallback(self))
 
     # ----------------------------------------------------------------------------- teacher
+    def _mode(self) -> str:
+        return "train" if getattr(self.model, "training", False) else "eval"
+
+    def _snapshot(self) -> TeacherSnapshot:
+        if self.teacher is None:
+            raise RuntimeError(f"algorithm={self.args.algorithm!r} has no teacher.")
+        return self.teacher
+
     def _lambda(self, step: int) -> float:
         """lambda of the 1-based optimiser step `step` (spec section 2.4)."""
-        args: RLSDConfig = self.args
+        args = self.args
         return lambda_at(
             step, args.rlsd_lambda, args.rlsd_lambda_decay_steps, args.rlsd_lambda_warmup_steps
         )
@@ -127,17 +136,18 @@ class RLSDTrainer(GRPOTrainer):
         step than a whole number of them, where generation and accumulation are not aligned):
         the teacher can be skipped only when all of them are 0."""
         first = self.state.global_step + 1
-        if not self.model.training:
+        if self._mode() == "eval":
             return self._lambda(first)
-        micro_steps = self.args.steps_per_generation * self.num_iterations
+        micro_steps = int(self.args.steps_per_generation or 1) * self.num_iterations
         steps = math.ceil(micro_steps / self.args.gradient_accumulation_steps) + 1
         return max(self._lambda(first + i) for i in range(steps))
 
     def _teacher_prompts(self, examples: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         """`[B, W]` left-padded teacher prompt ids and mask (the plain prompt for opd)."""
-        args: RLSDConfig = self.args
+        args = self.args
         if args.spec.separate_teacher:  # the separate teacher sees the student's own prompt
             examples = [{**ex, "teacher_prompt": ex["prompt"]} for ex in examples]
+        chat_template_kwargs: Any = self.chat_template_kwargs  # a dict (TRL parses JSON strings)
         ids, truncated = teacher_prompt_ids(
             self.processing_class,
             examples,
@@ -145,11 +155,12 @@ class RLSDTrainer(GRPOTrainer):
             instruction=args.teacher_instruction,
             max_prompt_length=args.teacher_max_prompt_length,
             marker=args.teacher_truncation_marker,
-            **self.chat_template_kwargs,
+            **chat_template_kwargs,
         )
-        mode = "train" if self.model.training else "eval"
+        mode = self._mode()
         self._metrics[mode]["teacher/truncated_ratio"].append(truncated / max(1, len(ids)))
-        prompt_ids, prompt_mask = left_pad(ids, self.processing_class.pad_token_id)
+        tokenizer: Any = getattr(self.processing_class, "tokenizer", self.processing_class)
+        prompt_ids, prompt_mask = left_pad(ids, tokenizer.pad_token_id)
         device = self.accelerator.device
         return prompt_ids.to(device), prompt_mask.to(device)
 
@@ -204,7 +215,7 @@ class RLSDTrainer(GRPOTrainer):
         completion_ids, completion_mask = input_ids[:, -T:], attention_mask[:, -T:]
         batch_size = self.args.per_device_train_batch_size
         start = time.perf_counter()
-        with self.teacher.forward_context() as model:
+        with self._snapshot().forward_context() as model:
             logps = self._score_teacher(
                 lambda: shared_prefix_logps(
                     model,
@@ -231,7 +242,7 @@ class RLSDTrainer(GRPOTrainer):
         prompt_ids, prompt_mask = inputs["teacher_prompt_ids"], inputs["teacher_prompt_mask"]
         T = completion_ids.size(1)
         start = time.perf_counter()
-        with self.teacher.forward_context() as model:
+        with self._snapshot().forward_context() as model:
 
             def shared():
                 logits = shared_prefix_logits(
@@ -282,8 +293,8 @@ class RLSDTrainer(GRPOTrainer):
         weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
         rewards = (rewards_per_func * weights).nansum(dim=1)
         rewards[torch.isnan(rewards_per_func).all(dim=1)] = float("nan")
-        group = self.num_generations if self.model.training else self.num_generations_eval
-        advantages = group_advantages(rewards, group, scale=self.scale_rewards)
+        group = self.num_generations if self._mode() == "train" else self.num_generations_eval
+        advantages = group_advantages(rewards, int(group or 1), scale=self.scale_rewards)
         start = self.accelerator.process_index * local_size
         return advantages[start : start + local_size]
 
@@ -301,8 +312,8 @@ class RLSDTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
-        args: RLSDConfig = self.args
-        mode = "train" if self.model.training else "eval"
+        args = self.args
+        mode = self._mode()
         advantages_B = self._spec_advantages(len(inputs))
         if advantages_B is not None:
             output["advantages"] = advantages_B.to(output["advantages"].device)
@@ -355,9 +366,9 @@ class RLSDTrainer(GRPOTrainer):
 
     # ---------------------------------------------------------------------------- loss side
     def _compute_loss(self, model, inputs):
-        args: RLSDConfig = self.args
+        args = self.args
         if args.spec.reweights:
-            mode = "train" if self.model.training else "eval"
+            mode = self._mode()
             self._metrics[mode]["rlsd/lambda"].append(self._lambda(self.state.global_step + 1))
         if "rlsd_logp_teacher" in inputs:
             # TRL's loss forward completes A_hat (`_get_per_token_logps_and_entropies` below);
@@ -401,14 +412,14 @@ class RLSDTrainer(GRPOTrainer):
         and its section-6 statistics. The student's log-prob is TRL's old one when it has one
         and `rlsd_student_logp="old"`, else this forward's; lambda is the one of the optimiser
         step the micro-batch feeds."""
-        args: RLSDConfig = self.args
-        mode = "train" if self.model.training else "eval"
+        args = self.args
+        mode = self._mode()
         mask = inputs["completion_mask"].float()
         if "tool_mask" in inputs:
             mask = mask * inputs["tool_mask"]
         old = inputs.get("old_per_token_logps")
         use_old = old is not None and args.rlsd_student_logp == "old"
-        logp_student = (old if use_old else logps_BT).detach().float()
+        logp_student = (old if use_old and old is not None else logps_BT).detach().float()
         logp_teacher, advantages_B = inputs["rlsd_logp_teacher"], inputs["advantages"]
         if args.spec.reweights:
             lam = self._lambda(self.state.global_step + 1)
@@ -436,8 +447,8 @@ class RLSDTrainer(GRPOTrainer):
         """OPSD / OPD: divergence between teacher and student over the full vocabulary at every
         response position (spec section 5), aggregated as a token mean over the optimiser
         batch with the same normaliser as TRL's `dapo` loss."""
-        args: RLSDConfig = self.args
-        mode = "train" if self.model.training else "eval"
+        args = self.args
+        mode = self._mode()
         completion_ids, mask = inputs["completion_ids"], inputs["completion_mask"].float()
         T = completion_ids.size(1)
         ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
@@ -484,7 +495,7 @@ class RLSDTrainer(GRPOTrainer):
         return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if self.model.training else "eval"
+        mode = self._mode()
         for func, name in zip(self.reward_funcs, self.reward_func_names):
             for reason, count in getattr(func, "pop_failures", dict)().items():
                 self._metrics[mode][f"verifiers/{name}/{reason}"].append(float(count))
