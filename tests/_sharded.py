@@ -108,5 +108,9 @@ def checksum(tensors: dict[str, torch.Tensor]) -> float:
 
 
 def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    """Largest entry-wise difference over the names both hold (the caller checks the names)."""
-    return max(float((a[n] - b[n]).abs().max()) for n in a if n in b)
+    """Largest entry-wise difference over the names both hold (the caller checks the names);
+    infinite where shapes differ (a shard or an empty partition against a full tensor)."""
+    shared = [n for n in a if n in b]
+    if any(a[n].shape != b[n].shape for n in shared):
+        return float("inf")
+    return max((float((a[n] - b[n]).abs().max()) for n in shared), default=float("inf"))
