@@ -14,20 +14,25 @@ and returns one `Outcome` per item, in order, never raising. Three backends:
   a crash and replaced. The item's deadline starts when it is handed to a worker, so a hung
   item costs at most `timeout` and the rest of the batch goes on in the other workers.
 
-Workers are started with the `forkserver` method: forking a trainer process that holds CUDA
-contexts and library threads is unsafe, so workers fork from a small clean server process
-that has pre-imported the verifier modules. The pool is shared by all verifiers in a process
-(`shared_pool`) and closed at exit. `fn` and the items must be picklable (module-level
-functions, `functools.partial` of them).
+Workers are fresh interpreters running `python -m rlsd.verifiers.pool_worker` (see there for
+the protocol), started with `subprocess`: they never import the user's `__main__`, so a script
+with or without `if __name__ == "__main__":`, `python -c`, a notebook and `torchrun` all work
+(multiprocessing's spawn and forkserver re-run an unguarded script in every worker, and fork
+is unsafe in a trainer that holds CUDA contexts and library threads). A worker takes the
+parent's `sys.path` and pre-imports the verifier modules before it reports ready; an item's
+deadline starts only then. The pool is shared by all verifiers in a process (`shared_pool`)
+and closed at exit. `fn` and the items must be picklable by reference to an importable module
+(module-level functions, `functools.partial` of them; not functions defined in `__main__`).
 """
 
 from __future__ import annotations
 
 import atexit
-import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
-import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -40,8 +45,14 @@ from typing import Any, Literal
 Backend = Literal["inline", "thread", "process"]
 FAILURE_KINDS: tuple[str, ...] = ("timeout", "exception", "crash")
 
-# Modules the forkserver imports once, so each forked worker starts warm.
+# Modules each worker imports before it reports ready, so an item's deadline excludes them.
 PRELOAD: tuple[str, ...] = ("rlsd.verifiers.math_equiv",)
+# How long a new worker may take to start and import PRELOAD before its item times out.
+STARTUP_TIMEOUT_S = 120.0
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 @dataclass
@@ -53,55 +64,46 @@ class Outcome:
     error: str = ""
 
 
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:500]
-
-
-def _worker_main(conn: mpc.Connection, memory_mb: int | None) -> None:
-    """Worker loop: receive `(fn, args)`, send `("ok", value)` or `("error", message)`."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
-    if memory_mb:
-        import resource
-
-        limit = memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return
-        if message is None:
-            return
-        fn, args = message
-        try:
-            reply: tuple[str, Any] = ("ok", fn(*args))
-        except BaseException as exc:  # noqa: BLE001 - the worker must survive anything
-            reply = ("error", _describe(exc))
-        try:
-            conn.send(reply)
-        except Exception as exc:  # an unpicklable value
-            conn.send(("error", _describe(exc)))
-
-
 class _Worker:
-    def __init__(self, ctx: Any, memory_mb: int | None) -> None:
-        self.conn, child_conn = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, args=(child_conn, memory_mb), daemon=True)
-        self.process.start()
-        child_conn.close()
+    """One worker process and the parent's end of its connection."""
+
+    def __init__(self, memory_mb: int | None, preload: Sequence[str]) -> None:
+        parent_sock, child_sock = socket.socketpair()
+        try:
+            # PYTHONPATH only has to find rlsd; the handshake then sets the exact sys.path.
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "rlsd.verifiers.pool_worker", str(child_sock.fileno())],
+                stdin=subprocess.DEVNULL,
+                pass_fds=(child_sock.fileno(),),
+                env=env,
+            )
+        finally:
+            child_sock.close()
+        self.conn = mpc.Connection(parent_sock.detach())
+        self.conn.send((list(sys.path), list(preload), memory_mb))
+        self.ready = False
+
+    def exit_message(self) -> str:
+        """Why the worker is gone (after its connection closed)."""
+        try:
+            code = self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return "worker closed its connection"
+        return f"worker exited with code {code}"
 
     def kill(self) -> None:
-        if self.process.is_alive():
+        if self.process.poll() is None:
             self.process.kill()
-        self.process.join(timeout=5)
+        self.process.wait()
         self.conn.close()
 
     def stop(self) -> None:
         try:
             self.conn.send(None)
-        except (OSError, ValueError):
+            self.process.wait(timeout=2)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
             pass
-        self.process.join(timeout=2)
         self.kill()
 
 
@@ -119,13 +121,12 @@ class ProcessPool:
             raise ValueError(f"ProcessPool needs workers >= 1, got {workers}")
         self.workers = workers
         self.memory_mb = memory_mb
-        self._ctx = mp.get_context("forkserver")
-        self._ctx.set_forkserver_preload(list(preload))
+        self.preload = tuple(preload)
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
 
-    def _spawn(self) -> _Worker:
-        return _Worker(self._ctx, self.memory_mb)
+    def _start_worker(self) -> _Worker:
+        return _Worker(self.memory_mb, self.preload)
 
     def map(
         self, fn: Callable[..., Any], items: Sequence[tuple[Any, ...]], timeout: float
@@ -142,40 +143,47 @@ class ProcessPool:
         busy: dict[_Worker, tuple[int, float]] = {}
         while pending or busy:
             while pending and len(busy) < self.workers:
-                worker = self._idle.pop() if self._idle else self._spawn()
                 index, item = pending.popleft()
+                try:
+                    worker = self._idle.pop() if self._idle else self._start_worker()
+                except OSError as exc:  # e.g. out of processes or memory
+                    results[index] = Outcome(failure="crash", error=_describe(exc))
+                    continue
                 try:
                     worker.conn.send((fn, tuple(item)))
                 except Exception as exc:  # dead worker or unpicklable item
                     worker.kill()
                     results[index] = Outcome(failure="exception", error=_describe(exc))
                     continue
-                busy[worker] = (index, time.monotonic() + timeout)
+                # A new worker's clock starts when it reports ready (after its imports).
+                wait = timeout if worker.ready else STARTUP_TIMEOUT_S
+                busy[worker] = (index, time.monotonic() + wait)
             if not busy:
                 continue
             next_deadline = min(deadline for _, deadline in busy.values())
-            waitables: list[Any] = [w.conn for w in busy] + [w.process.sentinel for w in busy]
-            mpc.wait(waitables, timeout=max(0.0, next_deadline - time.monotonic()))
+            mpc.wait([w.conn for w in busy], timeout=max(0.0, next_deadline - time.monotonic()))
             now = time.monotonic()
             for worker, (index, deadline) in list(busy.items()):
                 outcome: Outcome | None = None
                 if worker.conn.poll():
                     try:
                         status, payload = worker.conn.recv()
+                    except (EOFError, OSError):  # the worker died (segfault, OOM kill, _exit)
+                        outcome = Outcome(failure="crash", error=worker.exit_message())
+                        worker.kill()
+                    else:
+                        if status == "ready":
+                            worker.ready = True
+                            busy[worker] = (index, now + timeout)
+                            continue
                         if status == "ok":
                             outcome = Outcome(value=payload)
                         else:
                             outcome = Outcome(failure="exception", error=str(payload))
                         self._idle.append(worker)
-                    except (EOFError, OSError) as exc:
-                        outcome = Outcome(failure="crash", error=_describe(exc))
-                        worker.kill()
-                elif not worker.process.is_alive():
-                    code = worker.process.exitcode
-                    outcome = Outcome(failure="crash", error=f"worker exited with code {code}")
-                    worker.kill()
                 elif now >= deadline:
-                    outcome = Outcome(failure="timeout", error=f"no result within {timeout:g}s")
+                    what = f"no result within {timeout:g}s" if worker.ready else "no start"
+                    outcome = Outcome(failure="timeout", error=what)
                     worker.kill()
                 if outcome is not None:
                     results[index] = outcome
