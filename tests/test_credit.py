@@ -1,5 +1,6 @@
-"""The credit page (`rlsd credit`, `rlsd.reports.credit`): its numbers, its HTML, its PNG, its
-CLI, and a real headless-browser render (Debian Chromium)."""
+"""The credit page (`rlsd credit`, `rlsd.reports.credit`): its numbers, the sampling it shares
+with `rlsd.evaluation`, its HTML, its PNG, its CLI, and a real headless-browser render (Debian
+Chromium)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ import subprocess
 import pytest
 import torch
 
+from rlsd.evaluation import generate, score_completions
 from rlsd.objectives import group_advantages
 from rlsd.prompts import tokenize_prompts
 from rlsd.reports.credit import (
     NEUTRAL_COLOR,
     compute_credit,
     credit_color,
+    is_mixed,
     main,
     render_html,
     render_png,
@@ -165,6 +168,47 @@ def test_summarize_counts_clipped_tokens(records):
         sum(c for _, c in reweighted) / len(reweighted), rel=1e-5
     )
     assert summary["num_samples"] == 2 * G and summary["mixed_groups"] == 1
+    all_tokens = [x for r in records for s in r["samples"] for x in s["log_ratio"]]
+    assert summary["num_tokens"] == len(all_tokens) > len(reweighted)
+    # over all response tokens, A = 0 tokens count as unclipped (the paper's denominator)
+    assert summary["clip_ratio_all"] == pytest.approx(clipped / len(all_tokens))
+    assert summary["clip_ratio"] == pytest.approx(
+        summary["clip_low_ratio_reweighted"] + summary["clip_high_ratio_reweighted"]
+    )
+
+
+# ------------------------------------------------------------------------------- shared sampling
+
+
+def test_credit_samples_as_evaluation_does(model_and_tokenizer, rows, records):
+    """The credit page's first group is exactly what `rlsd.evaluation.generate` samples for
+    the same prompt, seed, temperature and length: one sampler, not two."""
+    model, tokenizer = model_and_tokenizer
+    texts = generate(
+        model, tokenizer, [rows[0]["prompt"]], num_samples=G, max_new_tokens=12, seed=0
+    )
+    assert texts == [[s["text"] for s in records[0]["samples"]]]
+    for s in records[0]["samples"]:  # the text is the ids up to the first EOS, decoded
+        assert s["text"] == tokenizer.decode(s["token_ids"], skip_special_tokens=True)
+
+
+def test_score_completions_calls_the_reward_as_trl_does():
+    calls = []
+
+    def reward(prompts, completions, answer, extra, **_):
+        calls.append((prompts, completions, answer, extra))
+        return [float(len(c) if isinstance(c, str) else 10) for c in completions[:-1]] + [None]
+
+    chat = [{"role": "user", "content": "q2"}]
+    rows = [{"prompt": "q1", "answer": "1", "extra": 0}, {"prompt": chat, "answer": "2"}]
+    rewards = score_completions(reward, rows, [["a", "bb"], ["c"]])
+    assert rewards == [[1.0, 2.0], [None]]
+    prompts, completions, answer, extra = calls[0]
+    assert prompts == ["q1", "q1", chat]
+    assert completions == ["a", "bb", [{"role": "assistant", "content": "c"}]]
+    assert answer == ["1", "1", "2"] and extra == [0, 0, None]  # the first row's columns
+    with pytest.raises(ValueError, match="returned 1 rewards for 3 completions"):
+        score_completions(lambda **_: [1.0], rows, [["a", "bb"], ["c"]])
 
 
 def test_credit_color_is_a_diverging_map_centred_at_one():
@@ -235,8 +279,28 @@ def test_html_tokens_carry_their_numbers_and_colours(records):
     titles = re.findall(r'<span class="tok[^"]*"[^>]*title="([^"]*)"', page)
     assert all("delta=" in x and "w=" in x and "A_hat=" in x for x in titles)
     assert ">Correct (" in page and ">Incorrect (" in page
-    for label in ("lambda, eps_w", "tokens with w clipped", "mean |A_hat| / |A|"):
+    for label in (
+        "lambda, eps_w",
+        "tokens with w clipped, of those with A != 0",
+        "tokens with w clipped, of all response tokens",
+        "tokens with w_clip != 1",
+        "mean |A_hat| / |A|",
+    ):
         assert label in page
+
+
+def test_page_opens_with_the_problems_whose_rewards_are_mixed(records):
+    """Groups with equal rewards (A = 0 everywhere) show no credit: they come last, under
+    their own heading, and every problem keeps its number."""
+    equal, mixed = json.loads(json.dumps(records[1])), json.loads(json.dumps(records[0]))
+    equal["index"], mixed["index"] = 0, 1  # the equal-reward problem comes first in the data
+    assert not is_mixed(equal) and is_mixed(mixed)
+    page = render_html([equal, mixed], {"lam": LAM, "eps_w": EPS_W})
+    order = re.findall(r'id="(problem-\d+|mixed-rewards|equal-rewards)"', page)
+    assert order == ["mixed-rewards", "problem-1", "equal-rewards", "problem-0"]
+    assert ">Problem 2 " in page and ">Problem 1 " in page
+    only_equal = render_html([equal], {"lam": LAM, "eps_w": EPS_W})
+    assert 'id="mixed-rewards"' not in only_equal and 'id="equal-rewards"' in only_equal
 
 
 def test_png_is_written(records, tmp_path):

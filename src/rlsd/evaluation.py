@@ -1,16 +1,23 @@
-"""Held-out evaluation: sampled accuracy, greedy accuracy, pass@k and the leakage rate.
+"""Held-out evaluation (sampled accuracy, greedy accuracy, pass@k, the leakage rate), and the
+sampling and scoring helpers it shares with the credit page (`rlsd.reports.credit`).
 
 Generation uses the plain transformers `generate` on the policy (no privileged context: this
-is what the student sees at test time), batched with left padding. A sample counts as correct
-when its reward reaches `success_threshold` (1.0 for the binary verifiers). pass@k uses the
-unbiased estimator of Chen et al. (2021): `1 - C(n - c, k) / C(n, k)` per problem.
+is what the student sees at test time), batched with left padding, with pure temperature
+sampling (`top_p = 1`, `top_k = 0`, as TRL's defaults). A completion ends at its first EOS,
+which its mask includes and its text drops, as TRL masks and decodes completions. Rewards are
+asked for as TRL asks: one call with the prompts, the completions (conversational for
+conversational prompts) and each row's other columns repeated per completion. A sample counts
+as correct when its reward reaches `success_threshold` (1.0 for the binary verifiers); an
+unscorable one (`None`) counts as 0. pass@k uses the unbiased estimator of Chen et al. (2021):
+`1 - C(n - c, k) / C(n, k)` per problem.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NamedTuple
 
 import torch
 
@@ -20,7 +27,105 @@ from rlsd.prompts import completion_text, is_conversational, tokenize_prompts
 RewardFn = Callable[..., list[float | None]]
 
 
+class Completions(NamedTuple):
+    """`num_samples` sampled completions of each of `B` prompts, prompt-major (`N = B * n`)."""
+
+    ids_NT: torch.Tensor  # long: the generated ids, padded after the first EOS
+    mask_NT: torch.Tensor  # long: 1 up to and including the first EOS
+    texts: list[str]  # [N]: decoded up to the first EOS, special tokens skipped
+
+
+@contextmanager
+def sampling_mode(model, seed: int | None = None) -> Iterator[None]:
+    """`model` in eval mode and, with a `seed`, a seeded fork of the RNG (CPU and the model's
+    accelerator), so sampling is reproducible and leaves the caller's random state untouched
+    (evaluating mid-training does not change training). Restores the train/eval mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _completion_mask(completion_ids_NT: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    """`[N, T]` long: 1 up to and including the first EOS (as TRL masks completions)."""
+    if eos_token_id is None:
+        return torch.ones_like(completion_ids_NT)
+    is_eos = completion_ids_NT == eos_token_id
+    after_eos = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0  # strictly after the first
+    return (~after_eos).long()
+
+
 @torch.no_grad()
+def sample_completions(
+    model,
+    tokenizer,
+    input_ids_BP: torch.Tensor,
+    attention_mask_BP: torch.Tensor,
+    num_samples: int,
+    temperature: float,
+    max_new_tokens: int,
+) -> Completions:
+    """`num_samples` completions of each left-padded prompt (`temperature == 0`: greedy)."""
+    sampling = temperature > 0
+    generated = model.generate(
+        input_ids=input_ids_BP,
+        attention_mask=attention_mask_BP,
+        max_new_tokens=max_new_tokens,
+        do_sample=sampling,
+        temperature=temperature if sampling else None,
+        top_p=1.0,
+        top_k=0,
+        num_return_sequences=num_samples,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    ids_NT = generated[:, input_ids_BP.shape[1] :]
+    mask_NT = _completion_mask(ids_NT, tokenizer.eos_token_id)
+    lengths = mask_NT.sum(dim=1).tolist()
+    texts = tokenizer.batch_decode(
+        [ids[:n].tolist() for ids, n in zip(ids_NT, lengths, strict=True)],
+        skip_special_tokens=True,
+    )
+    return Completions(ids_NT, mask_NT, list(texts))
+
+
+def score_completions(
+    reward_fn: RewardFn, rows: Sequence[dict[str, Any]], texts_per_row: Sequence[Sequence[str]]
+) -> list[list[float | None]]:
+    """Rewards of each row's completions (`None`: unscorable), from one call of `reward_fn`
+    made as TRL makes it: conversational prompts get conversational completions, and every
+    column of the first row but `prompt` is passed, one value per completion."""
+    keys = [k for k in rows[0] if k != "prompt"] if rows else []
+    prompts: list[Any] = []
+    completions: list[Any] = []
+    columns: dict[str, list[Any]] = {k: [] for k in keys}
+    for row, texts in zip(rows, texts_per_row, strict=True):
+        conversational = is_conversational(row["prompt"])
+        for text in texts:
+            prompts.append(row["prompt"])
+            completions.append([{"role": "assistant", "content": text}] if conversational else text)
+            for k in keys:
+                columns[k].append(row.get(k))
+    rewards = list(reward_fn(prompts=prompts, completions=completions, **columns))
+    if len(rewards) != len(completions):
+        raise ValueError(
+            f"the reward function returned {len(rewards)} rewards for {len(completions)} "
+            "completions: it must return one reward (or None) per completion"
+        )
+    out, start = [], 0
+    for texts in texts_per_row:
+        out.append(rewards[start : start + len(texts)])
+        start += len(texts)
+    return out
+
+
 def generate(
     model,
     tokenizer,
@@ -31,54 +136,33 @@ def generate(
     batch_size: int = 256,
     seed: int | None = None,
 ) -> list[list[str]]:
-    """`num_samples` completions for each prompt (`temperature == 0` means greedy).
+    """`num_samples` completion texts for each prompt (`temperature == 0` means greedy).
 
     With a `seed`, sampling is reproducible and leaves the caller's random state (CPU and
     the model's accelerator) untouched, so evaluating mid-training does not change training."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-        if seed is not None:
-            torch.manual_seed(seed)
-        out = _generate_batches(
-            model, tokenizer, prompts, num_samples, temperature, max_new_tokens, batch_size, device
-        )
-    model.train(was_training)
-    return out
-
-
-def _generate_batches(
-    model, tokenizer, prompts, num_samples, temperature, max_new_tokens, batch_size, device
-) -> list[list[str]]:
     prompt_ids = tokenize_prompts(tokenizer, list(prompts))
-    out: list[list[str]] = []
-    pad_id = tokenizer.pad_token_id
+    device = next(model.parameters()).device
     per_batch = max(1, batch_size // num_samples)
-    for start in range(0, len(prompt_ids), per_batch):
-        chunk = prompt_ids[start : start + per_batch]
-        width = max(len(ids) for ids in chunk)
-        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, ids in enumerate(chunk):  # left padding: the prompt ends where generation starts
-            input_ids[i, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[i, width - len(ids) :] = 1
-        sampling = temperature > 0
-        generated = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=sampling,
-            temperature=temperature if sampling else None,
-            top_p=1.0,
-            top_k=0,
-            num_return_sequences=num_samples,
-            pad_token_id=pad_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        texts = tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
-        out.extend(texts[i : i + num_samples] for i in range(0, len(texts), num_samples))
+    out: list[list[str]] = []
+    with sampling_mode(model, seed):
+        for start in range(0, len(prompt_ids), per_batch):
+            chunk = prompt_ids[start : start + per_batch]
+            width = max(len(ids) for ids in chunk)
+            input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, ids in enumerate(chunk):  # left padding: the prompt ends where generation starts
+                input_ids[i, width - len(ids) :] = torch.tensor(ids)
+                attention_mask[i, width - len(ids) :] = 1
+            texts = sample_completions(
+                model,
+                tokenizer,
+                input_ids.to(device),
+                attention_mask.to(device),
+                num_samples,
+                temperature,
+                max_new_tokens,
+            ).texts
+            out.extend(texts[i : i + num_samples] for i in range(0, len(texts), num_samples))
     return out
 
 
@@ -109,25 +193,10 @@ def evaluate(
     `pass@k` for each k <= num_samples, `leak_rate` (when rows carry privileged context),
     `reward_mean`, `num_problems`."""
     prompts = [row["prompt"] for row in rows]
-    columns = {k: [row.get(k) for row in rows] for k in rows[0] if k != "prompt"} if rows else {}
 
     def score(completions_per_prompt: list[list[str]]) -> list[list[float]]:
-        flat_prompts, flat_completions, flat_columns = [], [], {k: [] for k in columns}
-        for i, completions in enumerate(completions_per_prompt):
-            for text in completions:
-                flat_prompts.append(prompts[i])
-                # conversational prompts get conversational completions, as in TRL
-                flat_completions.append(
-                    [{"role": "assistant", "content": text}]
-                    if is_conversational(prompts[i])
-                    else text
-                )
-                for k in columns:
-                    flat_columns[k].append(columns[k][i])
-        rewards = reward_fn(prompts=flat_prompts, completions=flat_completions, **flat_columns)
-        rewards = [0.0 if r is None else float(r) for r in rewards]
-        n = len(completions_per_prompt[0]) if completions_per_prompt else 0
-        return [rewards[i * n : (i + 1) * n] for i in range(len(completions_per_prompt))]
+        rewards = score_completions(reward_fn, rows, completions_per_prompt)
+        return [[0.0 if r is None else float(r) for r in rs] for rs in rewards]
 
     metrics: dict[str, Any] = {"num_problems": len(rows)}
     samples = generate(

@@ -34,9 +34,38 @@ def tokenize_prompts(tokenizer, prompts: list[Prompt], **chat_template_kwargs) -
 
 
 def completion_text(completion: Any) -> str:
-    """The text of a completion given as a string or as TRL conversational messages."""
+    """The text of one completion: the one conversion used by the verifiers, evaluation and
+    the credit page.
+
+    Accepts a string, a TRL conversational completion (`[{"role": "assistant", "content": ...}]`:
+    the assistant messages are joined with newlines, or all messages when none is marked
+    assistant), a single message dict, or content given as a list of
+    `{"type": "text", "text": ...}` parts. `None` is the empty string; anything else is
+    converted with `str`.
+    """
+    if completion is None:
+        return ""
     if isinstance(completion, str):
         return completion
-    if isinstance(completion, list):
-        return "".join(str(m.get("content", "")) for m in completion if isinstance(m, dict))
+    if isinstance(completion, dict):
+        return _content_text(completion.get("content"))
+    if isinstance(completion, (list, tuple)):
+        messages = [m for m in completion if isinstance(m, dict)]
+        if not messages:
+            return "".join(str(part) for part in completion)
+        assistant = [m for m in messages if m.get("role", "assistant") == "assistant"]
+        return "\n".join(_content_text(m.get("content")) for m in (assistant or messages))
     return str(completion)
+
+
+def _content_text(content: Any) -> str:
+    """A message's `content`: a string, or a list of text parts (`{"text": ...}` or strings)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(part.get("text", "")) if isinstance(part, dict) else str(part) for part in content
+        )
+    return str(content)
