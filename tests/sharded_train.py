@@ -2,8 +2,9 @@
 
 One launch trains the shipped tiny model under DDP, FSDP2 or DeepSpeed ZeRO-3 and rank 0
 writes `result.json` in the output folder: the world, the sharding evidence, the checksum of
-the full parameters, and for a self-teacher the snapshot's sync step, how far its full
-parameters are from the policy's at that step, and its log-probs on a fixed batch.
+the full parameters after each step, and for rlsd every read of the teacher snapshot (its
+`synced_at`, how far its full parameters are from the policy's at that step and at the step of
+the read) and its log-probs on a fixed batch.
 
     sharded_train.py MODE ALGORITHM MODEL OUT [--steps N] [--save-steps N] [--resume CKPT]
                      [--peft]
@@ -29,7 +30,7 @@ TASK = "arithmetic"
 
 def fixed_batch(tokenizer, template: str):
     """Teacher inputs for 8 held-out problems with their reference solutions as the
-    completions: `(input_ids, attention_mask, logits_to_keep)`."""
+    completions: `(input_ids, attention_mask, logits_to_keep, completion_mask)`."""
     from rlsd.teacher import teacher_input_ids
 
     rows = make_rows(get_task(TASK).problems("eval", 8, 0))
