@@ -1,31 +1,63 @@
 """Hostile inputs: each scores 0, the host stays intact, and the next item scores normally.
 
 Limits are kept small so the bombs are safe on a shared 2-core machine: RLIMIT_AS 256 MB,
-NPROC 16 (binding because the sandbox drops root), and 1-2 s wall limits.
+NPROC 16 (binding because the sandbox drops root), 1-2 s wall limits and 4 MB tmpfs.
+
+The general tests run twice: in bubblewrap (`jailed`, when installed; CI installs it) and in
+the fallback without it. The filesystem tests need bubblewrap's private filesystem.
 """
 
 import hashlib
 import os
+import secrets
+import shutil
 import socket
 import sqlite3
+import tempfile
 import threading
+import warnings
+from pathlib import Path
 
 import pytest
 
-from rlsd.verifiers import get_verifier
-from rlsd.verifiers.sandbox import isolation
+from rlsd.verifiers import get_verifier, sandbox
+from rlsd.verifiers.sandbox import Limits, SandboxWarning, isolation, probe_isolation
 
 GOOD = "def add(a, b):\n    return a + b"
 TESTS = ["assert add(1, 2) == 3"]
 needs_root = pytest.mark.skipif(
     not isolation().drop_privileges, reason="privilege drop needs the trainer to run as root"
 )
-needs_netns = pytest.mark.skipif("net" not in isolation().namespaces, reason="no net namespace")
+needs_bwrap = pytest.mark.skipif(
+    not isolation().filesystem, reason="the private filesystem needs bubblewrap (bwrap)"
+)
+
+
+def fallback_isolation() -> sandbox.Isolation:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SandboxWarning)
+        return probe_isolation(None)
+
+
+def hostile_verifier():
+    return get_verifier("code", time_limit=1.0, memory_mb=256, nproc=16, file_size_mb=1, disk_mb=4)
+
+
+@pytest.fixture(params=["jailed", "fallback"])
+def code_fn(request, monkeypatch):
+    """The code verifier with small limits, in bubblewrap and in the fallback without it."""
+    if request.param == "jailed" and not isolation().filesystem:
+        pytest.skip("bubblewrap (bwrap) is not available")
+    if request.param == "fallback":
+        fallback = fallback_isolation()
+        monkeypatch.setattr(sandbox, "isolation", lambda: fallback)
+    return hostile_verifier()
 
 
 @pytest.fixture
-def code_fn():
-    return get_verifier("code", time_limit=1.0, memory_mb=256, nproc=16, file_size_mb=1)
+def jailed_fn():
+    """The code verifier in bubblewrap's private filesystem (the tests using it need_bwrap)."""
+    return hostile_verifier()
 
 
 def score_then_good(fn, hostile: str) -> list:
@@ -84,8 +116,9 @@ def test_parent_environment_is_not_readable(code_fn, monkeypatch):
     assert code_fn.score_one(GOOD, tests=TESTS) == 1.0
 
 
-@needs_netns
 def test_no_network(code_fn):
+    if "net" not in sandbox.isolation().namespaces:
+        pytest.skip("no network namespace here")
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
@@ -129,6 +162,110 @@ def test_sandbox_leaves_no_temporary_directory(code_fn, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     code_fn.score_one("open('junk.txt', 'w').write('x')\n" + GOOD, tests=TESTS)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- the private filesystem
+def test_bwrap_is_used_when_installed():
+    """CI installs bubblewrap: a sandbox that silently fell back would fail here."""
+    if not shutil.which("bwrap"):
+        pytest.skip("bubblewrap (bwrap) is not installed")
+    assert isolation().tool == "bwrap" and isolation().filesystem
+
+
+def test_fallback_warns_once_with_the_fix():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fallback = probe_isolation(None)
+    assert [w.category for w in caught] == [SandboxWarning]
+    assert "bubblewrap" in str(caught[0].message) and "apt-get install" in str(caught[0].message)
+    assert fallback.tool != "bwrap" and not fallback.filesystem
+
+
+@needs_bwrap
+def test_private_tmp_shm_and_work_folder_are_usable(jailed_fn):
+    legit = (
+        "import os, tempfile\n"
+        "assert os.listdir('.') == [] and os.path.expanduser('~') == os.getcwd()\n"
+        "for folder in ('.', '/tmp', '/dev/shm', tempfile.gettempdir()):\n"
+        "    with open(os.path.join(folder, 'scratch'), 'w') as f:\n"
+        "        f.write('ok')\n"
+        "    assert open(os.path.join(folder, 'scratch')).read() == 'ok'\n"
+    )
+    assert jailed_fn.score_one(legit + GOOD, tests=TESTS) == 1.0
+
+
+@needs_bwrap
+def test_host_temp_and_shm_writes_stay_private(jailed_fn, tmp_path):
+    name = f"rlsd-hostile-{secrets.token_hex(4)}"
+    private = [Path(tempfile.gettempdir()) / name, Path("/tmp") / name, Path("/dev/shm") / name]
+    tmp_path.chmod(0o777)  # even a world-writable host temp folder is out of reach
+    hostile = "".join(f"open({str(p)!r}, 'w').write('pwned')\n" for p in private)
+    hostile += f"open({str(tmp_path / name)!r}, 'w').write('pwned')\n"  # raises: not mounted
+    assert score_then_good(jailed_fn, hostile) == [0.0, 1.0]
+    assert not any(p.exists() for p in private) and list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def data_file():
+    """A data file that any uid could read on the host, in a folder of the host's temp."""
+    folder = Path(tempfile.mkdtemp(prefix="rlsd-data-"))
+    folder.chmod(0o755)
+    data = folder / "train.jsonl"
+    data.write_text('{"answer": "canary-1f2e"}\n')
+    data.chmod(0o644)
+    yield data
+    shutil.rmtree(folder)
+
+
+@needs_bwrap
+@pytest.mark.parametrize("what", ["data", "project", "/etc/shadow", "/etc/passwd"])
+def test_host_files_cannot_be_read(jailed_fn, data_file, what):
+    path = {"data": data_file, "project": Path(__file__).resolve()}.get(what, Path(what))
+    hostile = f"print(open({str(path)!r}, 'rb').read()[:100])\n"
+    assert score_then_good(jailed_fn, hostile) == [0.0, 1.0]
+
+
+@needs_bwrap
+@pytest.mark.parametrize("folder", ["/root", "/home", "/work", "/etc"])
+def test_homes_and_host_folders_cannot_be_listed(jailed_fn, folder):
+    assert score_then_good(jailed_fn, f"import os\nprint(os.listdir({folder!r}))\n") == [0.0, 1.0]
+
+
+@needs_bwrap
+@pytest.mark.parametrize("access", ["read", "write"])
+def test_symlinks_out_of_the_work_folder_lead_nowhere(jailed_fn, data_file, access):
+    data = data_file
+    before = data.read_bytes()
+    use = "open('out').read()" if access == "read" else "open('out', 'w').write('pwned')"
+    hostile = f"import os\nos.symlink({str(data)!r}, 'out')\n{use}\n"
+    assert score_then_good(jailed_fn, hostile) == [0.0, 1.0]
+    assert data.read_bytes() == before and sorted(os.listdir(data.parent)) == ["train.jsonl"]
+
+
+@needs_bwrap
+def test_filling_the_disk_stops_at_the_tmpfs_size():
+    name = f"rlsd-fill-{secrets.token_hex(4)}"
+    fill = (
+        "import os\n"
+        "for folder in ('.', '/tmp', '/dev/shm'):\n"
+        "    total = 0\n"
+        "    try:\n"
+        "        for i in range(100_000):\n"
+        f"            with open(os.path.join(folder, f'{name}-{{i}}'), 'wb', buffering=0) as f:\n"
+        "                for _ in range(4):\n"
+        "                    total += f.write(b'x' * 262144)\n"
+        "    except OSError as exc:\n"
+        "        print(folder, total, exc.errno)\n"
+    )
+    limits = Limits(wall_s=20, cpu_s=20, memory_mb=256, file_size_mb=1, disk_mb=4)
+    result = sandbox.run(fill, limits=limits)
+    assert result.reports == ["ready", "done"], result.stderr
+    lines = [line.split() for line in result.stdout.splitlines()]
+    assert [line[0] for line in lines] == [".", "/tmp", "/dev/shm"]
+    for _, total, errno in lines:
+        assert 3 * 2**20 <= int(total) <= 4 * 2**20 and int(errno) == 28  # ENOSPC at 4 MB
+    host = os.listdir(tempfile.gettempdir()) + os.listdir("/dev/shm")
+    assert not [entry for entry in host if entry.startswith(name)]
 
 
 @pytest.fixture

@@ -121,6 +121,7 @@ def code_verifier(
     memory_mb: int = 512,
     nproc: int = 16,
     file_size_mb: int = 16,
+    disk_mb: int = 64,
     backend: Backend = "thread",
     timeout: float = 600.0,
     **options: Any,
@@ -128,12 +129,15 @@ def code_verifier(
     """The `code` reward function.
 
     `time_limit` is seconds per test; `memory_mb`, `nproc` and `file_size_mb` are the
-    sandbox's RLIMIT_AS, RLIMIT_NPROC and RLIMIT_FSIZE. `timeout` is only a backstop: the
-    sandbox's own limits end every run. Other `options` go to `RewardFunction`.
+    sandbox's RLIMIT_AS, RLIMIT_NPROC and RLIMIT_FSIZE; `disk_mb` is the size of each of its
+    private tmpfs (working folder, /tmp, /dev/shm; with bubblewrap). `timeout` is only a
+    backstop: the sandbox's own limits end every run. Other `options` go to `RewardFunction`.
     """
     if time_limit <= 0:
         raise ValueError(f"time_limit must be > 0 seconds, got {time_limit}")
-    limits = sandbox.Limits(memory_mb=memory_mb, nproc=nproc, file_size_mb=file_size_mb)
+    limits = sandbox.Limits(
+        memory_mb=memory_mb, nproc=nproc, file_size_mb=file_size_mb, disk_mb=disk_mb
+    )
     score = partial(score_code, all_or_nothing=all_or_nothing, time_limit=time_limit, limits=limits)
     return RewardFunction(
         "code",

@@ -1,38 +1,54 @@
 """Running untrusted Python in a separate, limited process.
 
-`run(payload, limits)` starts `python -I -c RUNNER` in a fresh process (never in the trainer's)
-and returns its (size-capped) stdout, stderr and report lines. The runner is trusted code that
-reads the payload from stdin, sets up the jail and only then executes the untrusted source:
+`run(source, ...)` starts the runner (`sandbox_runner.py`, a real module run by path as
+`python -I <path>`) in a fresh process, never in the trainer's, and returns its (size-capped)
+stdout, stderr and report lines. The runner sets up the limits below and only then executes
+the untrusted source. `isolation()` probes once what this machine allows.
 
-- resource limits (setrlimit): address space (`memory_mb`), CPU seconds, file size (also caps
-  stdout/stderr, which go to files), open files, core dumps off, and process count (NPROC);
-- privileges: when the trainer runs as root (CI does), RLIMIT_NPROC would not bind, so the
-  runner drops to an unprivileged uid/gid (a per-run uid in 60001-64999, falling back to 65534
-  "nobody") with no supplementary groups. That uid cannot write the host's files, read other
-  processes' `/proc/<pid>/environ`, or signal the trainer;
-- namespaces, where `unshare` works: a new network namespace (no interfaces but a down
-  loopback: no network at all), a PID namespace with its own `/proc` (the trainer's processes
-  are invisible, and when the runner exits every process it forked dies with it) and an IPC
-  namespace. As non-root this needs unprivileged user namespaces (`--user --map-root-user`);
-  `isolation()` reports what this machine allows;
-- a fresh temporary working directory (also HOME and TMPDIR) deleted afterwards;
-- a scrubbed environment (PATH, HOME, TMPDIR, LANG only);
-- a wall-clock limit: the whole process group is SIGKILLed when it passes, and the runner
-  carries PR_SET_PDEATHSIG so it dies if its parent does.
+With bubblewrap (`bwrap`, the tool Flatpak uses; Debian/Ubuntu package `bubblewrap`), the
+program runs in new mount, PID, network, IPC and UTS namespaces and sees:
+
+- a minimal read-only filesystem: `/usr`, `/bin`, `/lib*` and the interpreter's prefixes (its
+  base install and, in a venv, the venv, so installed libraries import) mounted read-only and
+  nosuid; the folders above them can be entered but not listed. No `/etc`, no `/home`, no
+  project, data or output folders, no host `/tmp`: none of it is mounted;
+- its own empty working folder `/sandbox` (also HOME), a private `/tmp` and a private
+  `/dev/shm`: three tmpfs of `Limits.disk_mb` each, gone when the run ends;
+- its own `/proc` (the trainer's processes are invisible; every process it forks dies with
+  it), a minimal `/dev` (null, zero, random, urandom, tty), no network at all (no interfaces but
+  a down loopback);
+- a new session (no terminal to inject keystrokes into); bwrap dies with its parent.
+
+As root (CI), bwrap runs without a user namespace, keeping only CAP_SETUID and CAP_SETGID so
+that the runner can drop to an unprivileged uid (a per-run uid in 60001-64999, else 65534)
+with no groups, which clears every capability and makes RLIMIT_NPROC bind. As another user,
+bwrap runs in a user namespace with no capabilities, as that user. In both cases the runner
+also sets: RLIMIT_AS (`memory_mb`), RLIMIT_CPU, RLIMIT_FSIZE (also caps stdout and stderr,
+which go to files outside the sandbox), RLIMIT_NOFILE, no core dumps, RLIMIT_NPROC, and
+no-new-privileges; the environment holds only PATH, HOME, TMPDIR, LANG. The whole process
+group is SIGKILLed at the wall-clock limit.
+
+Without bubblewrap (or where it cannot run, e.g. user namespaces are disabled for non-root),
+`isolation()` warns once (`SandboxWarning`) and falls back to what the runner alone can do:
+the same rlimits and uid drop, new network/PID/IPC namespaces where `unshare` allows them,
+and a fresh working folder under the host's temporary folder, deleted afterwards.
 
 What this does NOT protect against (read before pointing it at hostile users):
-- It is not a security boundary like a VM, gVisor or seccomp: kernel bugs, and anything the
-  unprivileged uid may do, remain possible. No syscall filtering is done.
-- Without root and without user namespaces, code runs as the trainer's own user: it can then
-  write (or delete) any file that user can, read its environment via /proc, signal it, and use
-  the network. `isolation()` says which case applies.
-- World-writable places (/tmp, /dev/shm) can be written (each file capped by RLIMIT_FSIZE);
-  world-readable files (e.g. the dataset, if readable) can be read.
-- Concurrent runs with the same uid share the NPROC budget (uids rotate to make this rare).
-- Reward forging inside the process: assert results are reported by the runner in the same
-  process, so code that introspects the runner's frames can find the per-run nonce and forge
-  them. stdin/stdout tests are compared by the parent and cannot be forged this way.
-- CPU and memory use up to the limits, times the number of parallel runs.
+- It is not a security boundary like a VM, gVisor or seccomp: there is no syscall filtering,
+  so kernel bugs remain exploitable, and anything an unprivileged user may do inside the
+  sandbox (create user namespaces, use CPU up to the limits) remains possible.
+- What is mounted can be read: the interpreter and every library installed in its prefixes
+  or venv (including anything you keep inside the venv folder).
+- The tmpfs are RAM: up to 3 x `disk_mb` per run, times the runs in parallel. CPU and memory
+  are likewise limited per run, not in total.
+- Runs that share a uid share the NPROC budget (uids rotate to make this rare).
+- Forging assert results: the runner reports assert outcomes from inside the same process,
+  tagged with a per-run nonce; code that digs through the runner's frames can find the nonce.
+  stdin/stdout tests are compared by the parent and cannot be forged that way.
+- In the fallback without bubblewrap: world-readable files (your data, `/etc`) can be read and
+  `/tmp` and `/dev/shm` written (each file capped by RLIMIT_FSIZE); without root and without
+  user namespaces the code even runs as your own user, with your files, your environment via
+  `/proc` and the network. `isolation()` says which case applies.
 """
 
 from __future__ import annotations
@@ -48,7 +64,15 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
+
+RUNNER = str(Path(__file__).with_name("sandbox_runner.py"))
+# Where the sandbox sees the runner, its working folder and the tmpfs it gets.
+RUNNER_INSIDE = "/run/rlsd/sandbox_runner.py"
+WORK_INSIDE = "/sandbox"
+PRIVATE_TMPFS = (WORK_INSIDE, "/tmp", "/dev/shm")
 
 # Imported by the runner before dropping privileges: the interpreter's stdlib may live under
 # a directory only root can read (e.g. /root/.pyenv), and warm modules start faster.
@@ -90,9 +114,14 @@ _uid_counter = itertools.count(os.getpid() * 7919)
 _uid_lock = threading.Lock()
 
 
+class SandboxWarning(RuntimeWarning):
+    """The code sandbox runs with less isolation than bubblewrap gives (see `isolation()`)."""
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Per-run limits. `wall_s` is wall-clock for the whole run (startup included)."""
+    """Per-run limits. `wall_s` is wall-clock for the whole run (startup included);
+    `disk_mb` is the size of each private tmpfs (working folder, /tmp, /dev/shm)."""
 
     wall_s: float = 5.0
     cpu_s: int = 5
@@ -101,15 +130,23 @@ class Limits:
     file_size_mb: int = 16
     open_files: int = 64
     output_bytes: int = 1_000_000  # how much stdout/stderr the parent reads back
+    disk_mb: int = 64
 
 
 @dataclass(frozen=True)
 class Isolation:
-    """What this machine allows: the `unshare` prefix, its namespaces, and the uid drop."""
+    """What this machine allows.
 
+    `tool`: "bwrap", "unshare" or "none"; `prefix`: the command before the interpreter
+    (bwrap's tmpfs options are added per run); `namespaces`: those the program runs in;
+    `drop_privileges`: the runner drops root to a sandbox uid; `filesystem`: the program sees
+    the private read-only filesystem (bwrap only)."""
+
+    tool: str
     prefix: tuple[str, ...]
     namespaces: tuple[str, ...]
     drop_privileges: bool
+    filesystem: bool
 
 
 @dataclass
@@ -128,112 +165,113 @@ class RunResult:
         return "ready" in self.reports
 
 
-RUNNER = r"""
-def _runner():
-    import ctypes, io, json, os, resource, signal, sys
-    payload = json.loads(sys.stdin.buffer.read())
-    nonce, fd = payload.pop("nonce"), payload.pop("report_fd")
-    def report(line):
-        os.write(fd, (nonce + " " + line + "\n").encode())
-    for name in payload["preimport"]:
-        try:
-            __import__(name)
-        except Exception:
-            pass
-    data = payload.get("stdin", "").encode()
-    with open("stdin.txt", "wb") as f:
-        f.write(data)
-    stdin_fd = os.open("stdin.txt", os.O_RDONLY)
-    os.unlink("stdin.txt")
-    os.dup2(stdin_fd, 0)
-    os.close(stdin_fd)
-    sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)))
-    lim = payload["limits"]
-    mb = 1024 * 1024
-    for res, value in ((resource.RLIMIT_AS, lim["memory_mb"] * mb),
-                       (resource.RLIMIT_FSIZE, lim["file_size_mb"] * mb),
-                       (resource.RLIMIT_NOFILE, lim["open_files"]),
-                       (resource.RLIMIT_CORE, 0)):
-        resource.setrlimit(res, (value, value))
-    resource.setrlimit(resource.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"] + 1))
-    uid = payload["uid"]
-    libc = ctypes.CDLL(None, use_errno=True)
-    if uid is not None:
-        os.setgroups([])
-        try:
-            os.setgid(uid)
-            os.setuid(uid)
-        except OSError:
-            os.setgid(65534)
-            os.setuid(65534)
-        if os.getuid() == 0 or os.geteuid() == 0:
-            raise SystemExit("could not drop privileges")
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (cleared by setuid, so set it after)
-    if os.getppid() == 1 and not payload["pid_namespace"]:
-        raise SystemExit("parent died")
-    resource.setrlimit(resource.RLIMIT_NPROC, (lim["nproc"], lim["nproc"]))
-    source, tests = payload.pop("source"), payload.pop("tests", [])
-    per_test_s = payload["per_test_s"]
-    class _Timeout(BaseException):
-        pass
-    def _alarm(signum, frame):
-        raise _Timeout()
-    signal.signal(signal.SIGALRM, _alarm)
-    report("ready")
-    if payload["mode"] == "stdio":
-        exec(compile(source, "solution.py", "exec"), {"__name__": "__main__"})
-        sys.stdout.flush()
-        report("done")
-        return
-    namespace = {"__name__": "solution"}
-    try:
-        signal.setitimer(signal.ITIMER_REAL, per_test_s)
-        exec(compile(source, "solution.py", "exec"), namespace)
-        signal.setitimer(signal.ITIMER_REAL, 0)
-    except BaseException:
-        report("source-error")
-        raise SystemExit(1)
-    for i, test in enumerate(tests):
-        ok = False
-        try:
-            signal.setitimer(signal.ITIMER_REAL, per_test_s)
-            exec(compile(test, "test_%d.py" % i, "exec"), namespace)
-            ok = True
-        except BaseException:
-            pass
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        report("test %d %d" % (i, ok))
-    sys.stdout.flush()
-    report("done")
-_runner()
-"""
-
-
-def _probe(prefix: tuple[str, ...]) -> bool:
+def _probe(command: list[str]) -> str | None:
+    """None when `command` succeeds, else why it failed."""
     try:
         done = subprocess.run(
-            [*prefix, "true"], capture_output=True, timeout=10, stdin=subprocess.DEVNULL
+            command, capture_output=True, timeout=30, stdin=subprocess.DEVNULL, text=True
         )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return done.returncode == 0
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    if done.returncode != 0:
+        return (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+    return None
 
 
-@functools.lru_cache(maxsize=1)
-def isolation() -> Isolation:
-    """Probe once which namespaces `unshare` can create here, and whether we can drop root."""
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _mounts() -> list[str]:
+    """bwrap options for the read-only system and interpreter folders (nothing else)."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    made, bound = {"/"}, ["/usr"]
+    prefixes = {sys.base_prefix, sys.base_exec_prefix, sys.prefix}
+    for path in sorted({q for p in prefixes for q in (os.path.abspath(p), os.path.realpath(p))}):
+        if any(_under(path, folder) for folder in bound):
+            continue
+        # Folders above a mount can be entered (0711) but not listed: `ls /root` fails.
+        for parent in map(str, reversed(Path(path).parents)):
+            if parent not in made:
+                made.add(parent)
+                args += ["--perms", "0711", "--dir", parent]
+        bound.append(path)
+        args += ["--ro-bind", path, path]
+    return [*args, "--perms", "0711", "--dir", "/run", "--ro-bind", RUNNER, RUNNER_INSIDE]
+
+
+def _bwrap_prefix(bwrap: str, root: bool) -> tuple[str, ...]:
+    if root:  # no user namespace: the runner needs CAP_SETUID/SETGID to drop to a real uid
+        namespaces = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
+        namespaces += ["--unshare-cgroup-try", "--cap-drop", "ALL"]
+        namespaces += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:  # a user namespace, as this user, no capabilities
+        namespaces = ["--unshare-all", "--unshare-user", "--disable-userns"]
+    return (
+        bwrap,
+        *namespaces,
+        "--die-with-parent",
+        "--new-session",
+        *_mounts(),
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+    )
+
+
+def _tmpfs(disk_mb: int) -> list[str]:
+    """bwrap options for the private working folder, /tmp and /dev/shm."""
+    args = []
+    for path in PRIVATE_TMPFS:
+        args += ["--perms", "1777", "--size", str(disk_mb * 1024 * 1024), "--tmpfs", path]
+    return [*args, "--chdir", WORK_INSIDE]
+
+
+def probe_isolation(bwrap: str | None) -> Isolation:
+    """What this machine allows, preferring bubblewrap at path `bwrap`; warns when it falls
+    back (`SandboxWarning`). `isolation()` is the cached answer for the `bwrap` on PATH."""
     root = os.geteuid() == 0
+    if bwrap:
+        prefix = _bwrap_prefix(bwrap, root)
+        why = _probe([*prefix, *_tmpfs(1), sys.executable, "-I", "-c", "pass"])
+        if why is None:
+            namespaces = ("mount", "pid", "net", "ipc", "uts") + (() if root else ("user",))
+            return Isolation("bwrap", prefix, namespaces, root, True)
+        problem = f"bubblewrap ({bwrap}) cannot create a sandbox here: {why}"
+    else:
+        problem = "bubblewrap (`bwrap`) is not installed"
+    warnings.warn(
+        f"{problem}. Model-written code will run with rlimits"
+        + (", a uid drop" if root else "")
+        + " and namespaces where `unshare` allows, but can read world-readable files (your "
+        "data, /etc) and write the host's /tmp and /dev/shm. Install bubblewrap "
+        "(Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap); "
+        "see docs/verifiers.md.",
+        SandboxWarning,
+        stacklevel=3,
+    )
     user = () if root else ("--user", "--map-root-user")
     full = ("unshare", *user, "--kill-child", "--net", "--pid", "--mount-proc", "--ipc")
     candidates = [
         (full, ("net", "pid", "ipc", "mount")),
         (("unshare", *user, "--net"), ("net",)),
     ]
-    for prefix, namespaces in candidates:
-        if shutil.which("unshare") and _probe(prefix):
-            return Isolation(prefix, namespaces, root)
-    return Isolation((), (), root)
+    for unshare, namespaces in candidates:
+        if shutil.which("unshare") and _probe([*unshare, "true"]) is None:
+            return Isolation("unshare", unshare, namespaces, root, False)
+    return Isolation("none", (), (), root, False)
+
+
+@functools.lru_cache(maxsize=1)
+def isolation() -> Isolation:
+    """Probe once what this machine allows (bubblewrap, else `unshare`, else rlimits only)."""
+    return probe_isolation(shutil.which("bwrap"))
 
 
 def _next_uid() -> int:
@@ -282,14 +320,21 @@ def run(
     if mode not in ("stdio", "asserts"):
         raise ValueError(f"sandbox mode must be 'stdio' or 'asserts', not {mode!r}")
     iso = isolation()
+    # base/ holds the output files (root-only, reached by the child through fds only) and,
+    # without bubblewrap, the working folder.
     base = tempfile.mkdtemp(prefix="rlsd-sandbox-")
     uid = _next_uid() if iso.drop_privileges else None
     try:
-        os.chmod(base, 0o711)  # the sandbox uid may enter work/ but not list or read base/
-        work = os.path.join(base, "work")
-        os.mkdir(work, 0o700)
-        if uid is not None:
-            os.chown(work, uid, uid)
+        if iso.filesystem:
+            command = [*iso.prefix, *_tmpfs(limits.disk_mb), sys.executable, "-I", RUNNER_INSIDE]
+            work, home, tmp = base, WORK_INSIDE, "/tmp"  # bwrap itself changes to WORK_INSIDE
+        else:
+            os.chmod(base, 0o711)  # the sandbox uid may enter work/ but not list or read base/
+            work = home = tmp = os.path.join(base, "work")
+            os.mkdir(work, 0o700)
+            if uid is not None:
+                os.chown(work, uid, uid)
+            command = [*iso.prefix, sys.executable, "-I", RUNNER]
         paths = {name: os.path.join(base, name) for name in ("stdout", "stderr", "report")}
         # The child gets write-only, append-only descriptors: it cannot read the report back
         # (which would reveal the nonce), and the files themselves are root-only.
@@ -313,15 +358,15 @@ def run(
         }
         env = {
             "PATH": "/usr/bin:/bin",
-            "HOME": work,
-            "TMPDIR": work,
+            "HOME": home,
+            "TMPDIR": tmp,
             "LANG": "C.UTF-8",
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONIOENCODING": "utf-8",
         }
         try:
             proc = subprocess.Popen(
-                [*iso.prefix, sys.executable, "-I", "-c", RUNNER],
+                command,
                 stdin=subprocess.PIPE,
                 stdout=fds["stdout"],
                 stderr=fds["stderr"],
