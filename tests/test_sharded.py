@@ -93,19 +93,7 @@ def test_rlsd_ddp_reference_syncs_the_teacher(ddp_rlsd):
     assert_teacher_snapshots(ddp_rlsd, last_step=4)
 
 
-# Library bugs found by these tests (remove the marker with the fix; strict: a pass fails):
-# rlsd.teacher._zero3_enabled() reads `deepspeed_plugin` from accelerate's shared-state dict,
-# which holds `deepspeed_plugins` (accelerate 1.15), so it is always False and nothing is
-# gathered under ZeRO-3: syncs copy empty partitions (the step-2 sync raises a size mismatch,
-# the PEFT adapter sync silently copies nothing) and full_state_dict() returns empty tensors.
-# Also: building the copy (`from_config`, random init) consumes the global RNG, differently
-# under ZeRO-3's zero.Init, so the rollouts already differ from the DDP run's at step 1.
-ZERO3_TEACHER_BUG = pytest.mark.xfail(
-    strict=True, reason="rlsd.teacher._zero3_enabled is always False; teacher init uses the RNG"
-)
-
-
-@pytest.mark.parametrize("mode", ["fsdp2", pytest.param("zero3", marks=ZERO3_TEACHER_BUG)])
+@pytest.mark.parametrize("mode", ["fsdp2", "zero3"])
 def test_rlsd_under_sharding_equals_ddp_and_resumes(mode, tiny_path, tmp_path, ddp_rlsd):
     """4 steps saving every 2 (the teacher syncs after steps 2 and 4), then a separate launch
     resumes from checkpoint-2 and trains to step 4."""
@@ -134,7 +122,6 @@ def test_rlsd_under_sharding_equals_ddp_and_resumes(mode, tiny_path, tmp_path, d
     assert_logps_close(logps["end-4"], uninterrupted["end-4"])
 
 
-@ZERO3_TEACHER_BUG
 def test_peft_adapter_snapshot_syncs_under_zero3(tiny_path, tmp_path):
     """LoRA (r=4 on q_proj, v_proj) under ZeRO-3: the teacher is the `rlsd_teacher` adapter;
     after the sync of step 2 its full parameters equal the `default` adapter's."""

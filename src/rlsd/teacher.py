@@ -393,14 +393,6 @@ def shared_prefix_logits(
 
 
 # ------------------------------------------------------------------------------- weights
-def _zero3_enabled() -> bool:
-    from accelerate.state import AcceleratorState
-
-    state = AcceleratorState._shared_state
-    plugin = state.get("deepspeed_plugin") if state else None
-    return plugin is not None and plugin.zero_stage == 3
-
-
 def _is_dtensor(t: torch.Tensor) -> bool:
     try:
         from torch.distributed.tensor import DTensor
@@ -414,7 +406,7 @@ def _gathered(params: list[torch.nn.Parameter], modifier_rank: int | None = None
     """Full parameters for the duration of the block under DeepSpeed ZeRO-3 (a collective:
     every rank must enter it); a no-op otherwise. With `modifier_rank`, that rank's writes
     reach every rank's partition when the block ends."""
-    if params and _zero3_enabled() and hasattr(params[0], "ds_id"):
+    if params and hasattr(params[0], "ds_id"):  # partitioned by ZeRO-3
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
@@ -509,12 +501,15 @@ class TeacherSnapshot:
         else:
             self.kind = "copy"
         self.model = None
-        if self.kind == "separate":
-            self.model = self._prepare(self._load_separate(args, policy), args)
-        elif self.kind == "copy":
-            self.model = self._prepare(self._new_copy(policy), args)
-        elif self.kind == "adapter":
-            self._add_adapter(policy)
+        # Building draws random initial weights (overwritten by the first sync): keep the
+        # global RNG as it was, so the run samples as it would with any other teacher kind.
+        with torch.random.fork_rng(devices=[]):
+            if self.kind == "separate":
+                self.model = self._prepare(self._load_separate(args, policy), args)
+            elif self.kind == "copy":
+                self.model = self._prepare(self._new_copy(policy), args)
+            elif self.kind == "adapter":
+                self._add_adapter(policy)
         if self.kind in ("copy", "adapter"):
             self.sync(step=0)
 
