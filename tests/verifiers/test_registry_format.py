@@ -38,14 +38,6 @@ def test_register_and_route_per_row():
     assert get_verifier("auto", default="exact")(None, ["A:2"], answer=["2"]) == [1.0]
 
 
-def test_failures_are_logged_through_trl_log_metric():
-    logged = {}
-    fn = get_verifier("exact")
-    fn(None, ["A:1", "A:1"], answer=[None, "1"], log_metric=logged.__setitem__, trainer_state=0)
-    assert logged["verifiers/exact/exception"] == 1.0
-    assert fn.reset_failures()["exception"] == 1 and fn.failures["exception"] == 0
-
-
 def test_format_reward():
     fn = get_verifier("format")
     completions = [

@@ -6,10 +6,10 @@ TRL expects, `fn(prompts, completions, **columns) -> list[float | None]`, and ad
 reliability contract:
 
 - it never raises for a bad item: an exception, a timeout or a crashed worker scores that one
-  completion `failure_score` (0.0, or None to exclude it from the advantage) and is counted in
-  `fn.failures` (`{"timeout": n, "exception": n, "crash": n}`, cumulative) with the last
-  messages in `fn.last_errors`; when TRL passes `log_metric`, the batch's counts are logged
-  as `verifiers/<name>/<kind>`;
+  completion `failure_score` (0.0, or None to exclude it from the advantage) and is counted
+  the one way rlsd counts reward failures (`rlsd.rewards.FailureCounts`): `fn.failures`
+  (cumulative), `fn.pop_failures()` (since the last call; `RLSDTrainer` logs it as
+  `verifiers/<name>/<kind>`), `fn.reset_failures()` and `fn.last_errors`;
 - a missing dataset column *is* raised (a configuration error on the first step, with the fix);
 - items are scored on the backend from `pool.run_batch` with a per-item deadline.
 
@@ -20,12 +20,12 @@ failure counts are for the cases where the verifier could not judge.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rlsd.rewards import FailureCounts
 from rlsd.verifiers.extract import completion_text
-from rlsd.verifiers.pool import FAILURE_KINDS, Backend, Outcome, run_batch
+from rlsd.verifiers.pool import Backend, Outcome, run_batch
 
 Score = Callable[[str, dict[str, Any]], "float | None"]
 
@@ -68,8 +68,9 @@ class RewardFunction:
         self.workers = workers
         self.timeout = timeout
         self.failure_score = failure_score
-        self.failures: dict[str, int] = dict.fromkeys(FAILURE_KINDS, 0)
-        self.last_errors: deque[str] = deque(maxlen=20)
+        self.failure_counts = FailureCounts()
+        self.failures = self.failure_counts.totals  # live: cumulative counts per kind
+        self.last_errors = self.failure_counts.last_errors
 
     def __repr__(self) -> str:
         return f"RewardFunction({self.__name__!r}, backend={self.backend!r})"
@@ -109,14 +110,11 @@ class RewardFunction:
         outcomes = run_batch(
             self.score, items, backend=self.backend, workers=self.workers, timeout=self.timeout
         )
-        return self.collect(outcomes, columns.get("log_metric"))
+        return self.collect(outcomes)
 
-    def collect(
-        self, outcomes: Sequence[Outcome], log_metric: Callable[[str, float], None] | None = None
-    ) -> list[float | None]:
-        """Turn outcomes into rewards, counting failures (and logging them through TRL)."""
+    def collect(self, outcomes: Sequence[Outcome]) -> list[float | None]:
+        """Turn outcomes into rewards, counting failures."""
         rewards: list[float | None] = []
-        batch = dict.fromkeys(FAILURE_KINDS, 0)
         for outcome in outcomes:
             if outcome.failure is None and outcome.value is not None:
                 value = float(outcome.value)
@@ -127,25 +125,18 @@ class RewardFunction:
             if outcome.failure is None:  # the scorer itself chose None: exclude, no failure
                 rewards.append(None)
                 continue
-            batch[outcome.failure] += 1
-            self.last_errors.append(f"{outcome.failure}: {outcome.error}")
+            self.failure_counts.add(outcome.failure, outcome.error)
             rewards.append(self.failure_score)
-        for kind, count in batch.items():
-            self.failures[kind] += count
-        if callable(log_metric):
-            for kind, count in batch.items():
-                try:
-                    log_metric(f"verifiers/{self.__name__}/{kind}", float(count))
-                except Exception:  # logging must never break scoring
-                    pass
         return rewards
 
     def score_one(self, completion: Any, **row: Any) -> float | None:
         """Score a single completion with the given row values (handy in tests and REPLs)."""
         return self(prompts=None, completions=[completion], **{k: [v] for k, v in row.items()})[0]
 
+    def pop_failures(self) -> dict[str, int]:
+        """Failure counts per kind since the previous call (what the trainer logs)."""
+        return self.failure_counts.pop()
+
     def reset_failures(self) -> dict[str, int]:
-        """Return the failure counts and set them back to zero."""
-        counts = dict(self.failures)
-        self.failures = dict.fromkeys(FAILURE_KINDS, 0)
-        return counts
+        """Return the cumulative failure counts and set them back to zero."""
+        return self.failure_counts.reset()

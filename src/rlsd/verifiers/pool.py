@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Backend = Literal["inline", "thread", "process"]
-FAILURE_KINDS: tuple[str, ...] = ("timeout", "exception", "crash")
 
 # Modules each worker imports before it reports ready, so an item's deadline excludes them.
 PRELOAD: tuple[str, ...] = ("rlsd.verifiers.math_equiv",)
@@ -60,7 +59,7 @@ class Outcome:
     """The result of scoring one item: a value, or a failure kind and its message."""
 
     value: Any = None
-    failure: str | None = None  # one of FAILURE_KINDS, or None on success
+    failure: str | None = None  # one of rlsd.rewards.FAILURE_KINDS, or None on success
     error: str = ""
 
 

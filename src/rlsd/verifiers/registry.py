@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rlsd.rewards import FailureCounts, fail_safe
 from rlsd.verifiers.base import RewardFunction
-from rlsd.verifiers.pool import FAILURE_KINDS
 
 Factory = Callable[..., Any]
 
@@ -77,8 +76,8 @@ def get_verifier(name_or_import_path: str, **options: Any) -> Any:
     counts). Example: `get_verifier("numeric", rel_tol=1e-4)`, `get_verifier("mypkg.mod:fn")`.
     """
     name = name_or_import_path
-    if name in _REGISTERED:
-        return _REGISTERED[name](**options)
+    if name in _REGISTERED:  # fail_safe: a factory may return any TRL reward function
+        return fail_safe(_REGISTERED[name](**options))
     if name in VERIFIERS:
         return _load(VERIFIERS[name])(**options)
     if ":" not in name:
@@ -125,24 +124,37 @@ class RoutedReward:
         self.options = dict(options or {})
         self.failure_score = failure_score
         self.verifiers: dict[str, Any] = {}
-        self._own_failures: dict[str, int] = dict.fromkeys(FAILURE_KINDS, 0)
-        self._own_errors: deque[str] = deque(maxlen=20)
+        self.failure_counts = FailureCounts()  # routing errors (unknown or empty names)
         self._warned: set[str] = set()
 
     @property
     def failures(self) -> dict[str, int]:
-        """Failure counts summed over routing errors and every sub-verifier."""
-        total = dict(self._own_failures)
-        for fn in self.verifiers.values():
-            for kind, count in getattr(fn, "failures", {}).items():
-                total[kind] = total.get(kind, 0) + count
-        return total
+        """Cumulative failure counts summed over routing errors and every sub-verifier."""
+        return _sum_counts(
+            [self.failure_counts.totals, *(fn.failures for fn in self.verifiers.values())]
+        )
+
+    def pop_failures(self) -> dict[str, int]:
+        """Counts since the previous call: `<kind>` summed over routing errors and every
+        sub-verifier, plus `<route>/<kind>` per sub-verifier (logged as
+        `verifiers/routed/<route>/<kind>`)."""
+        popped = {route: fn.pop_failures() for route, fn in self.verifiers.items()}
+        counts = _sum_counts([self.failure_counts.pop(), *popped.values()])
+        for route, route_counts in popped.items():
+            counts.update({f"{route}/{kind}": n for kind, n in route_counts.items()})
+        return counts
+
+    def reset_failures(self) -> dict[str, int]:
+        """Return the cumulative failure counts and set them (and the sub-verifiers') to zero."""
+        return _sum_counts(
+            [self.failure_counts.reset(), *(fn.reset_failures() for fn in self.verifiers.values())]
+        )
 
     @property
     def last_errors(self) -> list[str]:
-        errors = list(self._own_errors)
+        errors = list(self.failure_counts.last_errors)
         for fn in self.verifiers.values():
-            errors.extend(getattr(fn, "last_errors", []))
+            errors.extend(fn.last_errors)
         return errors[-20:]
 
     def verifier(self, name: str) -> Any:
@@ -152,8 +164,7 @@ class RoutedReward:
         return self.verifiers[name]
 
     def _fail(self, name: str, message: str) -> None:
-        self._own_failures["exception"] += 1
-        self._own_errors.append(f"exception: {message}")
+        self.failure_counts.add("exception", message)
         if name not in self._warned:
             self._warned.add(name)
             warnings.warn(
@@ -203,3 +214,11 @@ class RoutedReward:
             for i, reward in zip(index, sub_rewards, strict=True):
                 rewards[i] = reward
         return rewards
+
+
+def _sum_counts(counts: Sequence[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for one in counts:
+        for kind, n in one.items():
+            total[kind] = total.get(kind, 0) + n
+    return total
