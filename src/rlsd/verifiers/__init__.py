@@ -3,8 +3,10 @@
 See docs/verifiers.md for the verifier table, the dataset columns each needs, the sandbox and
 what it does not protect against. Modules: `extract` (answer extraction), one module per
 verifier kind (`exact`, `numeric`, `regex`, `math_equiv`, `code`, `sql`, `json_schema`,
-`format`), `sandbox` (running untrusted code), `pool` (parallel scoring with deadlines),
-`base` (the fail-safe reward-function wrapper) and `registry` (names, import paths, routing).
+`format`), `sandbox` (running untrusted code) and `sandbox_runner` (its runner, run by path
+inside the sandbox), `pool` (parallel scoring with deadlines) and `pool_worker` (its worker
+processes), `base` (the fail-safe reward-function wrapper) and `registry` (names, import paths,
+routing). Failures are counted with `rlsd.rewards.FailureCounts`.
 """
 
 from rlsd.verifiers.base import RewardFunction
