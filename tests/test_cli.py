@@ -1,14 +1,25 @@
 """The `rlsd` command: train writes a complete run folder, YAML + overrides resolve as in TRL,
-eval reports accuracy and pass@k, sft rebuilds a loadable model, bad data stops early."""
+eval reports accuracy and pass@k, sft rebuilds a loadable model; user errors exit 2 with one
+message (the traceback only with --debug); every command has --help; a killed and resumed run
+logs each step once; privileged text reaches the run folder only with --log_privileged;
+importing rlsd.cli changes nothing global."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
 
-from rlsd.cli import main, parse_train_args
+from rlsd.cli import COMMANDS, UsageError, main, parse_train_args
+from rlsd.data import DataError
 
 pytestmark = pytest.mark.slow
+ENV = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 
 
 def test_yaml_then_flags_override(tmp_path):
@@ -119,11 +130,11 @@ def test_train_on_a_user_file_and_bad_data_stops_before_training(tmp_path):
     assert json.loads((out / "summary.json").read_text())["steps"] == 1
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": [{"role": "user", "content": "Q"}]}) + "\n")
-    from rlsd.data import DataError
-
+    never = tmp_path / "never"
+    assert main(["train", "--dataset_path", str(bad), "--output_dir", str(never)]) == 2
+    assert not never.exists()
     with pytest.raises(DataError, match=r"bad.jsonl: row 1: column 'answer' is missing"):
-        main(["train", "--dataset_path", str(bad), "--output_dir", str(tmp_path / "never")])
-    assert not (tmp_path / "never").exists()
+        main(["--debug", "train", "--dataset_path", str(bad), "--output_dir", str(never)])
 
 
 def test_sft_rebuilds_a_loadable_model(tmp_path):
@@ -170,3 +181,203 @@ def test_seeded_evaluation_is_reproducible_and_leaves_the_rng_alone(tiny_path):
     first = generate(model, tok, prompts, num_samples=2, seed=7)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert generate(model, tok, prompts, num_samples=2, seed=7) == first
+
+
+# ------------------------------------------------------------------------ user errors, help
+def _rlsd(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rlsd.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env or ENV,
+        timeout=timeout,
+    )
+
+
+def test_a_bad_data_file_exits_2_without_a_traceback(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "Q"}) + "\n" + "{not json\n")
+    quiet = _rlsd("train", "--dataset_path", str(bad), "--output_dir", str(tmp_path / "o"))
+    assert quiet.returncode == 2, quiet.stderr
+    assert "Traceback" not in quiet.stdout + quiet.stderr
+    assert quiet.stderr.startswith("rlsd train: error: ") and "bad.jsonl: row 1" in quiet.stderr
+    assert "line 2" in quiet.stderr and len(quiet.stderr.splitlines()) <= 5
+    loud = _rlsd("train", "--dataset_path", str(bad), "--debug")
+    assert loud.returncode == 1 and "Traceback" in loud.stderr and "DataError" in loud.stderr
+    env = dict(ENV, RLSD_DEBUG="1")
+    assert "Traceback" in _rlsd("train", "--dataset_path", str(bad), env=env).stderr
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--max_stepz", "3"], "unknown argument(s): --max_stepz 3 (did you mean"),
+        (["train", "missing.yaml"], "missing.yaml: no such file"),
+        (["train", "--algorithm", "nope"], "algorithm must be one of"),
+        (["train", "--per_device_train_batch_size", "7"], "must be divisible by num_generations"),
+        (["train", "--task", "nope"], "Unknown built-in task 'nope'"),
+        (["train", "--model_name_or_path", "./no/such/model"], "model './no/such/model'"),
+        (["train", "--reward_funcs", "nope"], "unknown verifier 'nope'"),
+        (["eval", "./no/such/model", "--num_eval", "4"], "model './no/such/model'"),
+        (["eval", "--dataset_path", "missing.jsonl"], "missing.jsonl: no such file"),
+    ],
+)
+def test_user_errors_exit_2_with_one_message(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RLSD_DEBUG", raising=False)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rlsd {argv[0]}: error: ") and message in err, err
+    assert "Traceback" not in err and not (tmp_path / "runs").exists()
+    with pytest.raises((UsageError, DataError)):
+        main(["--debug", *argv])
+
+
+def test_bad_flags_exit_2_through_argparse(capsys):
+    for argv in (["bogus"], [], ["eval", "--num_samples", "x"], ["compare", "--algorithms", "x="]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2, argv
+    assert "rlsd compare: error: unknown variant 'x'" in capsys.readouterr().err
+
+
+def test_every_command_has_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    printed = capsys.readouterr().out
+    assert all(f"    {name} " in printed for name in COMMANDS), printed
+    helps = {}
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exit_:
+            main([name, "--help"])
+        assert exit_.value.code == 0
+        helps[name] = capsys.readouterr().out
+        assert f"usage: rlsd {name}" in helps[name], name
+    train_help = helps["train"]
+    for flag in ("--rlsd_lambda", "--teacher_sync_steps", "--learning_rate", "--num_generations"):
+        assert flag in train_help  # RLSDConfig, GRPOConfig, TrainingArguments fields
+    assert "--model_name_or_path" in train_help and "--print_metrics" in train_help
+
+
+def test_importing_the_cli_changes_nothing_global():
+    code = (
+        "import os, warnings\n"
+        "env, filters = dict(os.environ), list(warnings.filters)\n"
+        "import rlsd.cli\n"
+        "assert dict(os.environ) == env, set(os.environ) ^ set(env)\n"
+        "assert warnings.filters == filters, 'warnings filters changed'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
+    assert done.returncode == 0, done.stderr
+
+
+# ---------------------------------------------------------------------------- resume, privacy
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _checkpoint_steps(folder: Path) -> list[int]:
+    return sorted(
+        int(p.name.split("-")[1])
+        for p in folder.glob("checkpoint-*")
+        if (p / "trainer_state.json").exists()
+    )
+
+
+def test_a_killed_and_resumed_run_logs_each_step_once(tmp_path):
+    out = tmp_path / "run"
+    argv = [
+        "train",
+        "--max_steps", "10",
+        "--per_device_train_batch_size", "16",
+        "--num_train", "160",
+        "--num_eval", "16",
+        "--eval_every", "2",
+        "--save_steps", "4",
+        "--output_dir", str(out),
+    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "rlsd.cli", *argv]
+    log = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True
+    )
+    try:  # kill it once a training step is logged past its latest checkpoint
+        deadline = time.time() + 300
+        while time.time() < deadline and first.poll() is None:
+            saved = _checkpoint_steps(out)
+            metrics = out / "metrics.jsonl"
+            logged = [r["step"] for r in _jsonl(metrics) if "loss" in r] if metrics.exists() else []
+            if saved and logged and logged[-1] > saved[-1]:
+                break
+            time.sleep(0.05)
+        assert first.poll() is None, "the run ended before it could be killed"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    checkpoint = _checkpoint_steps(out)[-1]
+    logged = [r["step"] for r in _jsonl(out / "metrics.jsonl") if "loss" in r]
+    assert checkpoint == 4 and max(logged) > checkpoint  # rows that the resume must drop
+
+    resumed = _rlsd(*argv[:-2], "--resume_from_checkpoint", str(out / f"checkpoint-{checkpoint}"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    records = _jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 11))
+    assert [r["step"] for r in records if "eval/accuracy" in r] == [0, 2, 4, 6, 8, 10]
+    times = [r["time"] for r in records]
+    assert times == sorted(times)  # the clock goes on from the checkpoint's rows
+    sample_steps = [s["step"] for s in _jsonl(out / "samples.jsonl")]
+    assert sample_steps == sorted(sample_steps) and set(sample_steps) == set(range(1, 11))
+    assert all(sample_steps.count(step) == sample_steps.count(1) for step in range(1, 11))
+    summary = json.loads((out / "summary.json").read_text())
+    step0 = next(r for r in records if "eval/accuracy" in r)
+    assert summary["steps"] == 10 and summary["accuracy_before"] == step0["eval/accuracy"]
+
+
+CANARY = "CANARY-7f3e91 the heron files its report at midnight"
+
+
+def test_privileged_text_reaches_the_run_folder_only_with_log_privileged(tmp_path):
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"Q:{i}+1="}],
+            "answer": str(i + 1),
+            "privileged_context": f"{i}+1={i + 1};A:{i + 1} {CANARY}",
+        }
+        for i in range(8)
+    ]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def train(out: Path, *extra: str) -> dict[str, int]:
+        argv = [
+            "train",
+            "--dataset_path", str(data),
+            "--eval_dataset_path", str(data),
+            "--max_steps", "2",
+            "--save_steps", "1",
+            "--per_device_train_batch_size", "16",
+            "--teacher_template", "R:{privileged}\n{question}",
+            "--output_dir", str(out),
+            *extra,
+        ]  # fmt: skip
+        assert main(argv) == 0
+        assert (out / "checkpoint-2" / "trainer_state.json").exists()
+        assert len(_jsonl(out / "samples.jsonl")) == 8  # 4 per step: written, canary or not
+        found = {}
+        for path in out.rglob("*"):
+            if path.is_file():
+                count = path.read_bytes().count(CANARY.encode())
+                if count:
+                    found[str(path.relative_to(out))] = count
+        return found
+
+    assert train(tmp_path / "private") == {}
+    logged = train(tmp_path / "logged", "--log_privileged", "True")
+    assert set(logged) == {"samples.jsonl"}
+    samples = _jsonl(tmp_path / "logged" / "samples.jsonl")
+    assert samples and all(CANARY in s["privileged_context"] for s in samples)
+    for sample in samples:  # each sample carries its own prompt's privileged text
+        question = sample["prompt"][0]["content"]  # Q:i+1=
+        i = int(question[2:-3])
+        assert sample["privileged_context"].startswith(f"{i}+1={i + 1};")

@@ -1,13 +1,20 @@
-"""Trainer callbacks that make a run folder: metrics JSONL, samples, held-out evaluation.
+"""Trainer callbacks that make a run folder and the console of `rlsd train`.
 
 The run folder (the trainer's `output_dir`) holds:
 - `config.json`: the resolved configuration (written by the CLI),
 - `metrics.jsonl`: one line per logging step (TRL's metrics plus `eval/*` from
   `HeldOutEvalCallback`),
 - `samples.jsonl`: a few completions per logging step with their rewards (prompts and
-  completions only: privileged context is left out unless `log_privileged`),
+  completions only; the teacher's privileged text is added only with `log_privileged`),
 - `checkpoint-*`: TRL/HF checkpoints, with the RLSD teacher snapshot in `rlsd_teacher/`,
 - `curves.png`: reward and held-out accuracy against steps (written at the end).
+
+A run resumed from `checkpoint-k` into the same folder first drops the lines logged after
+step k (they are about to be logged again), so every step appears once.
+
+`ConsoleCallback` replaces HF's `ProgressCallback` in `rlsd train`: one progress bar with a few
+numbers instead of TRL's full metric dict at every step (which stays in `metrics.jsonl` and
+the trackers). Python-API users keep TRL's default console.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from rlsd.evaluation import evaluate
@@ -30,14 +38,57 @@ def _jsonable(value: Any) -> Any:
         return str(value)
 
 
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The readable lines of a JSONL file (a line cut short by a kill is skipped)."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _prompt_key(prompt: Any) -> str:
+    return json.dumps(prompt, sort_keys=True, default=str)
+
+
 class RunFolderCallback(TrainerCallback):
-    """Append every log to `metrics.jsonl` and a few recent completions to `samples.jsonl`."""
+    """Append every log to `metrics.jsonl` and a few recent completions to `samples.jsonl`.
+
+    With the trainer's `log_privileged`, each sample also carries the privileged text the
+    teacher saw for its prompt (`privileged_context`, or the row's whole `teacher_prompt`).
+    """
+
+    FILES = ("metrics.jsonl", "samples.jsonl")
 
     def __init__(self, output_dir: str | Path, trainer=None, samples_per_log: int = 4):
         self.output_dir = Path(output_dir)
         self.trainer = trainer
         self.samples_per_log = samples_per_log
         self.started = time.time()
+        self._privileged: dict[str, dict[str, Any]] | None = None
+
+    def records(self) -> list[dict[str, Any]]:
+        """The lines of `metrics.jsonl` written so far."""
+        return _read_jsonl(self.output_dir / "metrics.jsonl")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        """Start the files anew, or, resumed from a checkpoint at step k, keep only what was
+        logged at steps <= k (a checkpoint is saved after its step's logs are written)."""
+        if not state.is_world_process_zero:
+            return
+        last_step = state.global_step
+        for name in self.FILES:
+            path = self.output_dir / name
+            if not path.exists():
+                continue
+            kept = [r for r in _read_jsonl(path) if last_step and r.get("step", 0) <= last_step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            if name == "metrics.jsonl" and kept:  # `time` goes on from where it stopped
+                self.started = time.time() - max(float(r.get("time", 0.0)) for r in kept)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -49,7 +100,8 @@ class RunFolderCallback(TrainerCallback):
             f.write(json.dumps(record) + "\n")
         trainer = self.trainer
         if (
-            trainer is None
+            "loss" not in logs  # samples with a training step's log only (not eval/*, nor the
+            or trainer is None  # end-of-training summary): each step's samples appear once
             or not getattr(trainer, "_logs", None)
             or not trainer._logs["completion"]
         ):
@@ -59,16 +111,99 @@ class RunFolderCallback(TrainerCallback):
         rewards = {
             name: list(v)[: self.samples_per_log] for name, v in trainer._logs["rewards"].items()
         }
+        privileged = getattr(trainer.args, "log_privileged", False)
         with (self.output_dir / "samples.jsonl").open("a") as f:
             for i, (prompt, completion) in enumerate(zip(prompts, completions)):
                 row = {"step": state.global_step, "prompt": prompt, "completion": completion}
                 row["rewards"] = {name: v[i] for name, v in rewards.items() if i < len(v)}
+                if privileged:
+                    row.update(self._privileged_of(prompt))
                 f.write(json.dumps(row, default=str) + "\n")
+
+    def _privileged_of(self, prompt: Any) -> dict[str, Any]:
+        """What the teacher was shown for `prompt`, from the training set (the first row with
+        that prompt; TRL's logs keep the prompt, not the row)."""
+        if self._privileged is None:
+            from rlsd.teacher import privileged_text
+
+            self._privileged = {}
+            dataset = getattr(self.trainer, "train_dataset", None)
+            for row in dataset if dataset is not None else []:
+                key = _prompt_key(row["prompt"])
+                if key in self._privileged:
+                    continue
+                if row.get("teacher_prompt"):
+                    self._privileged[key] = {"teacher_prompt": row["teacher_prompt"]}
+                else:
+                    try:
+                        self._privileged[key] = {"privileged_context": privileged_text(row)}
+                    except ValueError:  # a row without privileged text (grpo on code tests)
+                        self._privileged[key] = {}
+        return self._privileged.get(_prompt_key(prompt), {})
+
+
+class ConsoleCallback(TrainerCallback):
+    """One progress bar with a few numbers: train reward, held-out accuracy (once evaluated),
+    lambda (RLSD) and seconds per step. With `full`, TRL's whole metric dict is also printed
+    at every log, as HF's `ProgressCallback` does. With `disable_tqdm`, one line per log
+    replaces the bar."""
+
+    SHOWN = (  # (metric, label, format)
+        ("reward", "reward", "{:.3f}"),
+        ("eval/accuracy", "held-out", "{:.3f}"),
+        ("rlsd/lambda", "lambda", "{:.3f}"),
+        ("step_time", "s/step", "{:.2f}"),
+    )
+
+    def __init__(self, full: bool = False):
+        self.full = full
+        self.bar: Any = None
+        self.values: dict[str, float] = {}
+
+    def _summary(self) -> str:
+        return ", ".join(
+            f"{label} {fmt.format(self.values[key])}"
+            for key, label, fmt in self.SHOWN
+            if key in self.values
+        )
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and not args.disable_tqdm:
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, dynamic_ncols=True)
+            self.bar.set_postfix_str(self._summary(), refresh=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        for key, *_ in self.SHOWN:
+            if isinstance(logs.get(key), (int, float)):
+                self.values[key] = float(logs[key])
+        if self.full:
+            shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in logs.items()}
+            shown.pop("total_flos", None)
+            (self.bar.write if self.bar is not None else print)(str(shown))
+        if self.bar is not None:
+            self.bar.set_postfix_str(self._summary(), refresh=True)
+        elif not self.full and any(key in logs for key, *_ in self.SHOWN):
+            print(f"step {state.global_step}/{state.max_steps}: {self._summary()}", flush=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class HeldOutEvalCallback(TrainerCallback):
     """Held-out accuracy (and pass@k, leak_rate) every `every` steps, before the first step
-    and after the last, logged as `eval/*` metrics. Generation runs on the main process."""
+    and after the last, logged as `eval/*` metrics. Generation runs on the main process.
+
+    A run resumed from a checkpoint at step k takes the evaluations already in its run folder
+    as its history, and evaluates at k only if the interrupted run did not (k not a multiple
+    of `every`): every rank decides the same way without reading the folder."""
 
     def __init__(
         self,
@@ -85,12 +220,14 @@ class HeldOutEvalCallback(TrainerCallback):
         self.trainer, self.rows, self.reward_fn = trainer, rows, reward_fn
         self.every, self.num_samples, self.temperature = every, num_samples, temperature
         self.max_new_tokens, self.ks, self.seed = max_new_tokens, ks, seed
-        self.history: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []  # the main process's `eval/*` per step
+        self._steps: set[int] = set()  # steps this process evaluated (every rank)
 
     def run(self, step: int) -> dict[str, Any]:
         trainer = self.trainer
         model = trainer.accelerator.unwrap_model(trainer.model)
         metrics: dict[str, Any] = {}
+        self._steps.add(step)
         if trainer.accelerator.is_main_process:
             metrics = evaluate(
                 model,
@@ -108,21 +245,38 @@ class HeldOutEvalCallback(TrainerCallback):
         trainer.accelerator.wait_for_everyone()
         return metrics
 
+    def _evaluated(self, step: int) -> bool:
+        """Evaluated by this process, or by `on_step_end` (of this run or of the interrupted
+        run whose checkpoint this one resumed from: a checkpoint is saved after it)."""
+        return step in self._steps or (self.every > 0 and step > 0 and step % self.every == 0)
+
+    def _callbacks(self, *kinds: type) -> list[Any]:
+        return [cb for cb in self.trainer.callback_handler.callbacks if isinstance(cb, kinds)]
+
     def _log(self, state, metrics):
         if metrics:
             # Trainer.log would average these with the training metrics; write them directly.
-            for cb in self.trainer.callback_handler.callbacks:
-                if isinstance(cb, RunFolderCallback):
-                    cb.on_log(self.trainer.args, state, None, logs=metrics)
+            for cb in self._callbacks(RunFolderCallback, ConsoleCallback):
+                cb.on_log(self.trainer.args, state, None, logs=metrics)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if not any(h["step"] == state.global_step for h in self.history):
-            self._log(state, self.run(state.global_step))
+        step = state.global_step
+        if step and state.is_world_process_zero and not self.history:  # resumed
+            self.history = [
+                {k: v for k, v in record.items() if k == "step" or k.startswith("eval/")}
+                for folder in self._callbacks(RunFolderCallback)
+                for record in folder.records()
+                if "eval/accuracy" in record and record["step"] <= step
+            ]
+            for console in self._callbacks(ConsoleCallback):  # the last held-out accuracy
+                console.on_log(args, state, None, logs=(self.history or [{}])[-1])
+        if not step or not self._evaluated(step):
+            self._log(state, self.run(step))
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.every and state.global_step % self.every == 0:
             self._log(state, self.run(state.global_step))
 
     def on_train_end(self, args, state, control, **kwargs):
-        if not any(h["step"] == state.global_step for h in self.history):
+        if not self._evaluated(state.global_step):
             self._log(state, self.run(state.global_step))

@@ -1,29 +1,43 @@
-"""The `rlsd` command: `rlsd train`, `rlsd eval`, `rlsd sft`.
+"""The `rlsd` command: `rlsd train`, `eval`, `sft`, `compare` and `credit`.
 
-`rlsd train [CONFIG.yaml] [--key value ...]` takes TRL-style YAML (any `RLSDConfig`/
-`GRPOConfig` field, TRL's `ModelConfig` fields for PEFT, and the script fields of
-`ScriptArguments` below) plus command-line overrides. With no arguments it trains RLSD on
-the built-in arithmetic task with the shipped tiny model, on a CPU, offline. It works under
-`accelerate launch` and `torchrun` like any TRL script.
+Every command is an argparse subcommand of `rlsd` with its own parser and `--help`
+(`rlsd --help` lists them). `rlsd train [CONFIG.yaml] [--key value ...]` is TRL's parser
+(`TrlParser`): TRL-style YAML with any `RLSDConfig`/`GRPOConfig` field, TRL's `ModelConfig`
+fields for PEFT and the script fields of `ScriptArguments` below, plus command-line overrides;
+`rlsd train --help` lists them all. With no arguments it trains RLSD on the built-in tasks
+with the shipped tiny model, on a CPU, offline. It works under `accelerate launch` and
+`torchrun` like any TRL script.
+
+User errors (bad data, configuration or flags, missing files or models) print one short
+message and exit with status 2; `--debug` (or `RLSD_DEBUG=1`) shows the traceback instead.
+Importing this module changes nothing global: `main()` sets the offline defaults and quiets
+the library progress bars and transformers' deprecation notices.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-# Offline by default: nothing here needs a hub. A user may export HF_HUB_OFFLINE=0.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-# transformers 5 deprecation notices raised inside TRL (gradient_checkpointing renames).
-warnings.filterwarnings("ignore", category=FutureWarning)
+if TYPE_CHECKING:
+    from trl import ModelConfig, TrlParser
+
+    from rlsd.config import RLSDConfig
+
+
+class UsageError(Exception):
+    """A mistake in what the user gave (configuration, flags, files, models): `main()` prints
+    the message alone and exits with status 2. Bad data raises `rlsd.data.DataError`, which
+    `main()` treats the same way."""
 
 
 @dataclass
@@ -50,13 +64,15 @@ class ScriptArguments:
     privileged: str = field(
         default="solution",
         metadata={
-            "help": "Built-in task privileged context: 'solution' (worked) or 'answer' (final only)."
+            "help": "Built-in task privileged context: 'solution' (worked) or 'answer' (final "
+            "only)."
         },
     )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["exact"],
         metadata={
-            "help": "Verifier names or `module:function` paths (a `verifier` column routes per row)."
+            "help": "Verifier names or `module:function` paths (a `verifier` column routes per "
+            "row)."
         },
     )
     eval_every: int = field(
@@ -67,6 +83,14 @@ class ScriptArguments:
     )
     eval_temperature: float = field(
         default=1.0, metadata={"help": "Held-out sampling temperature."}
+    )
+    print_metrics: bool = field(
+        default=False,
+        metadata={
+            "help": "Print TRL's full metric dict at every logging step, as TRL does (by default "
+            "the console shows one progress bar with reward, held-out accuracy, lambda and "
+            "s/step; every metric is in metrics.jsonl and the trackers either way)."
+        },
     )
 
 
@@ -93,77 +117,153 @@ def _default_output_dir(algorithm: str, task: str) -> str:
     return str(Path("runs") / f"{algorithm}-{task}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def parse_train_args(argv: list[str]):
+# ----------------------------------------------------------------------------------- train
+def train_parser() -> TrlParser:
+    """`rlsd train`'s parser: TRL's, over the script, `RLSDConfig` and `ModelConfig` fields."""
     import torch
     from trl import ModelConfig, TrlParser
 
     from rlsd.config import RLSDConfig
 
-    argv = list(argv)
-    if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):
-        argv = ["--config", argv[0], *argv[1:]]
-    parser = TrlParser((ScriptArguments, RLSDConfig, ModelConfig))
+    fields: list[Any] = [ScriptArguments, RLSDConfig, ModelConfig]
+    parser = TrlParser(
+        fields,
+        prog="rlsd train",
+        usage="rlsd train [CONFIG.yaml] [--key value ...]",
+        description="Train with RLSD (or --algorithm grpo, opsd, grpo_opsd, opd). A YAML file "
+        "sets any field below; flags override it. Without data: the built-in tasks and the "
+        "shipped tiny model, on a CPU. The fields are those of rlsd.ScriptArguments, "
+        "rlsd.RLSDConfig (TRL's GRPOConfig and HF TrainingArguments) and TRL's ModelConfig.",
+    )
     defaults = dict(CPU_DEFAULTS)
     defaults["use_cpu"] = not torch.cuda.is_available()
     defaults["output_dir"] = ""
     parser.set_defaults_with_config(**defaults)
-    script, config, model_config = parser.parse_args_and_config(argv)
+    return parser
+
+
+def parse_train_args(argv: list[str]) -> tuple[ScriptArguments, RLSDConfig, ModelConfig]:
+    """`(ScriptArguments, RLSDConfig, ModelConfig)` from a YAML path and flags."""
+    import yaml
+
+    argv = list(argv)
+    if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):
+        argv = ["--config", argv[0], *argv[1:]]
+    parser = train_parser()
+    try:
+        script, config, model_config, unknown = parser.parse_args_and_config(
+            argv, return_remaining_strings=True
+        )
+    except FileNotFoundError as e:
+        raise UsageError(f"{e.filename}: no such file") from e
+    except yaml.YAMLError as e:
+        raise UsageError(f"the YAML configuration is not valid YAML: {e}") from e
+    except ValueError as e:  # a field's validation (RLSDConfig, GRPOConfig, ...)
+        raise UsageError(str(e)) from e
+    if unknown:  # from the YAML file or the command line
+        known = [o for action in parser._actions for o in action.option_strings]
+        names = [a for a in unknown if a.startswith("--")]
+        close = difflib.get_close_matches(names[0], known, n=1) if names else []
+        raise UsageError(
+            f"unknown argument(s): {' '.join(unknown)}"
+            + (f" (did you mean {close[0]}?)" if close else "")
+            + "; `rlsd train --help` lists every field."
+        )
     if not config.output_dir or config.output_dir == "trainer_output":
-        config.output_dir = _default_output_dir(config.algorithm, script.task)
+        resumed = config.resume_from_checkpoint
+        config.output_dir = (
+            str(Path(resumed).parent)  # resume into the checkpoint's own run folder
+            if resumed and Path(resumed).is_dir()
+            else _default_output_dir(config.algorithm, script.task)
+        )
     return script, config, model_config
+
+
+def _load_model(path: str, dtype: Any = None, attn_implementation: str | None = None):
+    """(tokenizer, model) from a folder or, when online, a Hub id; a `UsageError` if neither."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    looks_local = path.startswith((".", "/", "~")) or os.sep in path.strip(os.sep)
+    if looks_local and not Path(path).expanduser().exists():
+        raise UsageError(f"model {path!r}: no such folder")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, attn_implementation=attn_implementation
+        )
+    except (OSError, ValueError) as e:
+        hint = ""
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            hint = " (rlsd runs offline: give a model folder, or export HF_HUB_OFFLINE=0)"
+        raise UsageError(f"cannot load the model {path!r}: {str(e).splitlines()[0]}{hint}") from e
+    return tokenizer, model
+
+
+def _reward_funcs(rows: list[dict], names: list[str]) -> list[Any]:
+    from rlsd.verifiers import reward_funcs_for
+
+    try:
+        return reward_funcs_for(rows, names)
+    except (ValueError, ImportError, AttributeError) as e:  # unknown verifier or module:function
+        raise UsageError(f"--reward_funcs {' '.join(names)}: {e}") from e
 
 
 def train_main(argv: list[str]) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import PrinterCallback, ProgressCallback
     from trl import get_peft_config
 
-    from rlsd.callbacks import HeldOutEvalCallback, RunFolderCallback
+    from rlsd.callbacks import ConsoleCallback, HeldOutEvalCallback, RunFolderCallback
     from rlsd.data import read_rows, to_dataset
     from rlsd.models import DEFAULT_MODEL_PATH
     from rlsd.reports.plots import plot_run
     from rlsd.tasks import get_task, make_rows
     from rlsd.teacher import DEFAULT_TEACHER_TEMPLATE
     from rlsd.trainer import RLSDTrainer
-    from rlsd.verifiers import reward_funcs_for
 
     script, config, model_config = parse_train_args(argv)
-    out = Path(config.output_dir)
+    out = Path(str(config.output_dir))  # always set by parse_train_args
     model_path = model_config.model_name_or_path or str(DEFAULT_MODEL_PATH)
-    builtin = script.dataset_path is None
-    if builtin:
-        task = get_task(script.task)
+    if script.dataset_path is None:
+        try:
+            task = get_task(script.task)
+            train_rows = make_rows(
+                task.problems("train", script.num_train, config.seed), script.privileged
+            )
+            eval_rows = make_rows(
+                task.problems("eval", script.num_eval, config.seed), script.privileged
+            )
+        except ValueError as e:  # an unknown task or `privileged` value
+            raise UsageError(str(e)) from e
         if config.teacher_template == DEFAULT_TEACHER_TEMPLATE:  # the task's compact format
             config.teacher_template = task.teacher_template
-        train_rows = make_rows(
-            task.problems("train", script.num_train, config.seed), script.privileged
-        )
-        eval_rows = make_rows(
-            task.problems("eval", script.num_eval, config.seed), script.privileged
-        )
     else:
         train_rows = read_rows(script.dataset_path)
         eval_rows = read_rows(script.eval_dataset_path) if script.eval_dataset_path else []
 
-    reward_funcs = reward_funcs_for(train_rows, script.reward_funcs)
+    reward_funcs = _reward_funcs(train_rows, script.reward_funcs)
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    dtype = model_config.dtype if model_config.dtype not in (None, "auto") else None
+    dtype: Any = model_config.dtype if model_config.dtype not in (None, "auto") else None
     if dtype is None:
         dtype = torch.float32 if not torch.cuda.is_available() else "auto"
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=dtype, attn_implementation=model_config.attn_implementation
-    )
-    trainer = RLSDTrainer(
-        model=model,
-        reward_funcs=reward_funcs,
-        args=config,
-        train_dataset=to_dataset(train_rows),
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_config),
-    )
+    tokenizer, model = _load_model(model_path, dtype, model_config.attn_implementation)
+    try:
+        trainer = RLSDTrainer(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=config,
+            train_dataset=to_dataset(train_rows),
+            processing_class=tokenizer,
+            peft_config=get_peft_config(model_config),
+        )
+    except ValueError as e:  # TRL's and rlsd's checks of the configuration against the model
+        raise UsageError(str(e)) from e
+    # The console: one bar with a few numbers; TRL's metric dicts only with --print_metrics.
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(ConsoleCallback(full=script.print_metrics))
     run_folder = RunFolderCallback(out, trainer)
-    trainer.add_callback(run_folder)
+    trainer.add_callback(run_folder)  # before the held-out callback: it writes through this one
     held_out = None
     if eval_rows:
         held_out = HeldOutEvalCallback(
@@ -173,7 +273,7 @@ def train_main(argv: list[str]) -> dict:
             every=script.eval_every,
             num_samples=script.eval_num_samples,
             temperature=script.eval_temperature,
-            max_new_tokens=config.max_completion_length,
+            max_new_tokens=config.max_completion_length or 512,  # unset: TRL's default
             ks=tuple(k for k in (1, 2, 4, 8) if k <= script.eval_num_samples),
             seed=config.seed,
         )
@@ -203,49 +303,60 @@ def train_main(argv: list[str]) -> dict:
             print(
                 f"held-out accuracy (sampled, {len(eval_rows)} problems): "
                 f"{first['eval/accuracy']:.3f} before -> {last['eval/accuracy']:.3f} after "
-                f"(greedy {first['eval/greedy_accuracy']:.3f} -> {last['eval/greedy_accuracy']:.3f})"
+                f"(greedy {first['eval/greedy_accuracy']:.3f} -> "
+                f"{last['eval/greedy_accuracy']:.3f})"
             )
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(f"run folder: {out}")
     return summary
 
 
-def eval_main(argv: list[str]) -> dict:
-    parser = argparse.ArgumentParser(prog="rlsd eval", description="Held-out accuracy and pass@k.")
+# ------------------------------------------------------------------------------------ eval
+def eval_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlsd eval",
+        description="Held-out accuracy, pass@k and leak_rate of a model.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument(
         "model", nargs="?", default="", help="model folder or checkpoint (default: shipped tiny)"
     )
     parser.add_argument(
         "--dataset_path", default=None, help="data file (default: the built-in task's eval split)"
     )
-    parser.add_argument("--task", default="mixed")
-    parser.add_argument("--num_eval", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--task", default="mixed", help="built-in task, without --dataset_path")
+    parser.add_argument("--num_eval", type=int, default=500, help="built-in task: problems")
+    parser.add_argument("--seed", type=int, default=0, help="problems and sampling seed")
     parser.add_argument(
         "--num_samples", type=int, default=8, help="samples per problem (pass@k, k <= this)"
     )
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--max_new_tokens", type=int, default=40)
-    parser.add_argument("--reward_funcs", nargs="+", default=["exact"])
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    parser.add_argument("--max_new_tokens", type=int, default=40, help="completion length")
+    parser.add_argument(
+        "--reward_funcs", nargs="+", default=["exact"], help="verifier (the first is scored)"
+    )
     parser.add_argument("--output", default=None, help="write the metrics as JSON here")
-    args = parser.parse_args(argv)
+    return parser
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+def eval_main(argv: list[str]) -> dict:
+    args = eval_parser().parse_args(argv)
 
     from rlsd.data import read_rows
     from rlsd.evaluation import evaluate
     from rlsd.models import DEFAULT_MODEL_PATH
     from rlsd.tasks import get_task, make_rows
-    from rlsd.verifiers import reward_funcs_for
 
     path = args.model or str(DEFAULT_MODEL_PATH)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path)
     if args.dataset_path:
         rows = read_rows(args.dataset_path)
     else:
-        rows = make_rows(get_task(args.task).problems("eval", args.num_eval, args.seed))
-    reward_fn = reward_funcs_for(rows, args.reward_funcs[:1])[0]
+        try:
+            rows = make_rows(get_task(args.task).problems("eval", args.num_eval, args.seed))
+        except ValueError as e:  # an unknown task
+            raise UsageError(str(e)) from e
+    reward_fn = _reward_funcs(rows, args.reward_funcs[:1])[0]
+    tokenizer, model = _load_model(path)
     ks = tuple(k for k in (1, 2, 4, 8, 16, 32) if k <= args.num_samples)
     metrics = evaluate(
         model,
@@ -265,58 +376,119 @@ def eval_main(argv: list[str]) -> dict:
     return metrics
 
 
+# ------------------------------------------------------------------------------------- sft
+def sft_parser() -> argparse.ArgumentParser:
+    from rlsd.models.sft import SFTArgs
+
+    parser = argparse.ArgumentParser(
+        prog="rlsd sft",
+        description="Warm-start the tiny model on a built-in task (rebuilds the shipped "
+        "checkpoint; see rlsd.models.sft for what each field does).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for name, value in asdict(SFTArgs()).items():
+        parser.add_argument(f"--{name}", type=type(value), default=value, help="SFTArgs field")
+    return parser
+
+
 def sft_main(argv: list[str]) -> dict:
     from rlsd.models.sft import SFTArgs, run_sft
 
-    defaults = SFTArgs()
-    parser = argparse.ArgumentParser(
-        prog="rlsd sft",
-        description="Warm-start the tiny model on a built-in task (rebuilds the shipped checkpoint).",
-    )
-    for name, value in asdict(defaults).items():
-        parser.add_argument(f"--{name}", type=type(value), default=value)
-    args = SFTArgs(**vars(parser.parse_args(argv)))
+    args = SFTArgs(**vars(sft_parser().parse_args(argv)))
     summary = run_sft(args)
     print(
-        f"saved {args.output_dir}: {summary['steps']} steps, sampled accuracy {summary['sampled_accuracy']:.3f}"
+        f"saved {args.output_dir}: {summary['steps']} steps, "
+        f"sampled accuracy {summary['sampled_accuracy']:.3f}"
     )
     return summary
 
 
-def compare_main(argv: list[str]):
-    from rlsd.compare import main as compare
+# ------------------------------------------------------------------------ compare, credit
+def compare_main(argv: list[str]) -> dict:
+    from rlsd.compare import main as compare  # its parser: rlsd.compare.build_parser
 
     return compare(argv)
 
 
-def credit_main(argv: list[str]):
-    from rlsd.reports.credit import main as credit
+def credit_main(argv: list[str]) -> dict:
+    from rlsd.reports.credit import main as credit  # its parser lives with the report
 
     return credit(argv)
 
 
+# ------------------------------------------------------------------------------------ main
+@dataclass(frozen=True)
+class Command:
+    summary: str  # the line in `rlsd --help`
+    run: Callable[[list[str]], Any]  # parses its own arguments (`rlsd <name> --help`)
+
+
 COMMANDS = {
-    "train": train_main,
-    "eval": eval_main,
-    "sft": sft_main,
-    "compare": compare_main,
-    "credit": credit_main,
+    "train": Command("train RLSD or a baseline; YAML and/or --key value for any field", train_main),
+    "eval": Command("held-out accuracy, pass@k and leak_rate of a model", eval_main),
+    "sft": Command("rebuild the warm-started tiny model", sft_main),
+    "compare": Command("algorithms side by side over seeds, one report", compare_main),
+    "credit": Command("per-token credit page (HTML + PNG)", credit_main),
 }
+
+# TrainingArguments has its own `--debug <option>` (HF's underflow/overflow detection): a
+# bare `--debug` after the command is rlsd's, one followed by one of these values is HF's.
+_HF_DEBUG_OPTIONS = ("underflow_overflow", "tpu_metrics_debug")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlsd",
+        description="RLSD (RLVR with self-distillation) on Hugging Face TRL.",
+        epilog="`rlsd COMMAND --help` shows a command's options. User errors print one message "
+        "and exit with status 2.",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of a user error (also RLSD_DEBUG=1, or --debug after COMMAND)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        # Each command parses its own arguments (TRL's parser for train), as TRL's CLI does.
+        commands.add_parser(name, help=command.summary, add_help=False)
+    return parser
+
+
+def _set_process_defaults() -> None:
+    """What the `rlsd` process sets for itself (never on import): offline unless the user
+    exported otherwise, no library progress bars besides the training bar, and no
+    transformers deprecation notices about TRL's own calls."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`rlsd COMMAND ...`: 0 on success, 2 on a user error (argparse exits 2 on bad flags)."""
+    from rlsd.data import DataError
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print(
-            "usage: rlsd {train,eval,sft,compare,credit} [...]\n\n"
-            "  train [CONFIG.yaml] [--key value ...]  train RLSD (default: built-in task, tiny model)\n"
-            "  eval  [MODEL] [--dataset_path F]        held-out accuracy and pass@k\n"
-            "  sft   [--output_dir D]                  rebuild the warm-started tiny model\n"
-            "  compare [--quick] [--algorithms ...]     algorithms side by side over seeds\n"
-            "  credit  [MODEL] [--output D]             per-token credit page (HTML + PNG)\n"
-        )
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    COMMANDS[argv[0]](argv[1:])
+    # The first word that is not an option is the command; the rest is the command's.
+    at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    args = build_parser().parse_args(argv[: at + 1])
+    rest = argv[at + 1 :]
+    debug = args.debug or os.environ.get("RLSD_DEBUG", "") not in ("", "0")
+    for i in reversed(range(len(rest))):
+        if rest[i] == "--debug" and (i + 1 == len(rest) or rest[i + 1] not in _HF_DEBUG_OPTIONS):
+            debug = True
+            del rest[i]
+    _set_process_defaults()
+    try:
+        COMMANDS[args.command].run(rest)
+    except (UsageError, DataError) as e:
+        if debug:
+            raise
+        print(f"rlsd {args.command}: error: {e}", file=sys.stderr)
+        print("(--debug or RLSD_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2
     return 0
 
 
