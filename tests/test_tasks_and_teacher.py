@@ -83,7 +83,7 @@ def test_fail_safe_reward_counts_and_scores_failures():
     assert safe.__name__ == "flaky"
     assert safe(prompts=["p"] * 3, completions=["abcd", "abc", "abcde"]) == [1.0, 0.0, 0.5]
     assert safe.pop_failures() == {"exception": 1}
-    assert safe.pop_failures() == {}
+    assert safe.pop_failures() == {"exception": 0}
     excluded = fail_safe(flaky, on_error=None)
     assert excluded(prompts=["p"], completions=["abc"]) == [None]
 

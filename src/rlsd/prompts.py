@@ -48,24 +48,28 @@ def completion_text(completion: Any) -> str:
     if isinstance(completion, str):
         return completion
     if isinstance(completion, dict):
-        return _content_text(completion.get("content"))
+        return content_text(completion.get("content"))
     if isinstance(completion, (list, tuple)):
         messages = [m for m in completion if isinstance(m, dict)]
         if not messages:
             return "".join(str(part) for part in completion)
         assistant = [m for m in messages if m.get("role", "assistant") == "assistant"]
-        return "\n".join(_content_text(m.get("content")) for m in (assistant or messages))
+        return "\n".join(content_text(m.get("content")) for m in (assistant or messages))
     return str(completion)
 
 
-def _content_text(content: Any) -> str:
-    """A message's `content`: a string, or a list of text parts (`{"text": ...}` or strings)."""
+def content_text(content: Any) -> str:
+    """A message's `content`: a string, or the text of a list of parts (`{"type": "text",
+    "text": ...}` or strings); image parts, stored by `datasets` as `{"type": "image",
+    "text": None}`, contribute nothing."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         return "".join(
-            str(part.get("text", "")) if isinstance(part, dict) else str(part) for part in content
+            str(part.get("text") or "") if isinstance(part, dict) else str(part)
+            for part in content
+            if not isinstance(part, dict) or part.get("type", "text") == "text"
         )
     return str(content)

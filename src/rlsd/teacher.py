@@ -36,11 +36,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
-from rlsd.prompts import Prompt, is_conversational, tokenize_prompts
+from rlsd.prompts import Prompt, content_text, is_conversational, tokenize_prompts
 
 # The spec's default template (section 4), editable through `RLSDConfig.teacher_template`.
 DEFAULT_TEACHER_TEMPLATE = (
@@ -95,11 +95,28 @@ def teacher_prompt(
     if is_conversational(prompt):
         last_user = max(i for i, m in enumerate(prompt) if m.get("role") == "user")
         message = dict(prompt[last_user])
-        message["content"] = fill_template(
-            template, str(message["content"]), privileged, instruction
-        )
+        content = message["content"]
+        filled = fill_template(template, content_text(content), privileged, instruction)
+        if isinstance(content, list):  # image parts stay where they were; the text is filled
+            first_text = next(
+                (i for i, part in enumerate(content) if part.get("type") == "text"), len(content)
+            )
+            parts = [part for part in content if part.get("type") != "text"]
+            parts.insert(min(first_text, len(parts)), {"type": "text", "text": filled})
+            message["content"] = parts
+        else:
+            message["content"] = filled
         return [*prompt[:last_user], message, *prompt[last_user + 1 :]]
     return fill_template(template, str(prompt), privileged, instruction)
+
+
+def example_images(example: Mapping[str, Any]) -> list | None:
+    """The images of a row in TRL's conventions: an `images` list or an `image` column."""
+    if example.get("images") is not None:
+        return list(example["images"])
+    if example.get("image") is not None:
+        return [example["image"]]
+    return None
 
 
 def _question_of(example: Mapping[str, Any]) -> str:
@@ -107,7 +124,7 @@ def _question_of(example: Mapping[str, Any]) -> str:
     prompt: Any = example.get("prompt", "")
     if is_conversational(prompt):
         prompt = next((m.get("content") for m in reversed(prompt) if m.get("role") == "user"), "")
-    text = " ".join(str(prompt).split())
+    text = " ".join(content_text(prompt).split())
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -147,6 +164,83 @@ def _fit_privileged(
     )
 
 
+def _render(
+    processing_class,
+    prompts: list[Prompt],
+    images: list[list | None] | None,
+    **chat_template_kwargs,
+) -> tuple[list[list[int]], dict[str, Any]]:
+    """Token ids of `prompts` (and, with images, the processor's image fields for the batch)."""
+    if images is None:
+        return tokenize_prompts(processing_class, prompts, **chat_template_kwargs), {}
+    from trl.data_utils import prepare_multimodal_messages
+
+    if not all(is_conversational(p) for p in prompts):
+        raise ValueError(
+            "Rows with images need conversational prompts (chat messages), as TRL requires."
+        )
+    messages = [
+        prepare_multimodal_messages(cast(list, p), images=imgs) for p, imgs in zip(prompts, images)
+    ]
+    out = processing_class.apply_chat_template(
+        conversation=messages,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        padding=True,
+        **chat_template_kwargs,
+    )
+    mask = out["attention_mask"]
+    ids = [row[m.bool()].tolist() for row, m in zip(out["input_ids"], mask)]
+    fields = {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask")}
+    for key in ("token_type_ids", "mm_token_type_ids"):  # per token: unpad like the ids
+        if key in fields:
+            fields[key] = [row[m.bool()].tolist() for row, m in zip(fields[key], mask)]
+    fields["num_images"] = [len(imgs or []) for imgs in images]
+    return ids, fields
+
+
+def teacher_prompt_batch(
+    processing_class,
+    examples: Sequence[Mapping[str, Any]],
+    template: str = DEFAULT_TEACHER_TEMPLATE,
+    instruction: str = "",
+    max_prompt_length: int | None = None,
+    marker: str = DEFAULT_TRUNCATION_MARKER,
+    **chat_template_kwargs,
+) -> tuple[list[list[int]], int, dict[str, Any]]:
+    """Token ids of each example's teacher prompt, how many had their privileged text cut, and,
+    for rows with images (TRL's `image` / `images` columns), the processor's image fields
+    (`pixel_values`, `image_grid_thw`, ..., and `num_images` per row; per-token fields such as
+    `token_type_ids` as unpadded lists). The teacher sees the same images as the student.
+
+    A prompt over `max_prompt_length` tokens keeps the template, system prompt, question and
+    images whole and loses the end of its privileged text (spec section 4)."""
+    row_images = [example_images(ex) for ex in examples]
+    images = row_images if any(row_images) else None
+    prompts = [teacher_prompt(ex, template, instruction) for ex in examples]
+    ids, fields = _render(processing_class, prompts, images, **chat_template_kwargs)
+    truncated = 0
+    if max_prompt_length is None:
+        return ids, truncated, fields
+    for i, ex in enumerate(examples):
+        if len(ids[i]) <= max_prompt_length:
+            continue
+
+        def render(privileged: str, i=i, ex=ex) -> list[int]:
+            prompts[i] = teacher_prompt(ex, template, instruction, privileged=privileged)
+            row = None if images is None else [images[i]]
+            return _render(processing_class, [prompts[i]], row, **chat_template_kwargs)[0][0]
+
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        ids[i] = _fit_privileged(tokenizer, ex, ids[i], max_prompt_length, render, marker, i)
+        truncated += 1
+    if truncated and images is not None:  # the image fields of the batch as finally rendered
+        ids, fields = _render(processing_class, prompts, images, **chat_template_kwargs)
+    return ids, truncated, fields
+
+
 def teacher_prompt_ids(
     tokenizer,
     examples: Sequence[Mapping[str, Any]],
@@ -156,25 +250,16 @@ def teacher_prompt_ids(
     marker: str = DEFAULT_TRUNCATION_MARKER,
     **chat_template_kwargs,
 ) -> tuple[list[list[int]], int]:
-    """Token ids of each example's teacher prompt, and how many had their privileged text cut.
-
-    A prompt over `max_prompt_length` tokens keeps the template, system prompt and question
-    whole and loses the end of its privileged text (spec section 4)."""
-    prompts = [teacher_prompt(ex, template, instruction) for ex in examples]
-    ids = tokenize_prompts(tokenizer, prompts, **chat_template_kwargs)
-    truncated = 0
-    if max_prompt_length is None:
-        return ids, truncated
-    for i, ex in enumerate(examples):
-        if len(ids[i]) <= max_prompt_length:
-            continue
-
-        def render(privileged: str, ex=ex) -> list[int]:
-            prompt = teacher_prompt(ex, template, instruction, privileged=privileged)
-            return tokenize_prompts(tokenizer, [prompt], **chat_template_kwargs)[0]
-
-        ids[i] = _fit_privileged(tokenizer, ex, ids[i], max_prompt_length, render, marker, i)
-        truncated += 1
+    """`teacher_prompt_batch` without the image fields: the ids and the truncated count."""
+    ids, truncated, _ = teacher_prompt_batch(
+        tokenizer,
+        examples,
+        template,
+        instruction,
+        max_prompt_length,
+        marker,
+        **chat_template_kwargs,
+    )
     return ids, truncated
 
 

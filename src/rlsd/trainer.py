@@ -58,7 +58,7 @@ from rlsd.teacher import (
     left_pad,
     shared_prefix_logits,
     shared_prefix_logps,
-    teacher_prompt_ids,
+    teacher_prompt_batch,
 )
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,16 @@ logger = logging.getLogger(__name__)
 # (weights or autocast), where the two summation orders round differently, the mean |difference|
 # over response tokens must. A cache that does not fit the model errs by O(1) either way.
 _SHARED_PREFIX_MAX_ERR_FP32 = 1e-3
+# Image inputs the model's forward takes beside the ids (TRL's names), and the per-token ones.
+_IMAGE_INPUTS = (
+    "pixel_values",
+    "image_grid_thw",
+    "pixel_attention_mask",
+    "image_sizes",
+    "spatial_shapes",
+    "image_position_ids",
+)
+_TOKEN_TYPE_INPUTS = ("token_type_ids", "mm_token_type_ids")
 _SHARED_PREFIX_MEAN_ERR_HALF = 2e-2
 
 
@@ -107,6 +117,7 @@ class RLSDTrainer(GRPOTrainer):
         # The teacher needs the privileged columns in every batch: keep the dataset's columns.
         args.remove_unused_columns = False
         super().__init__(model, reward_funcs=reward_funcs, args=args, **kwargs)
+        self._check_images(kwargs.get("train_dataset"), kwargs.get("eval_dataset"))
         self._timings: dict[str, float] = defaultdict(float)
         self._rewards_per_func: torch.Tensor | None = None
         self._loss_time_inputs: dict[str, Any] | None = None
@@ -114,6 +125,22 @@ class RLSDTrainer(GRPOTrainer):
         self.teacher = TeacherSnapshot(self, args) if args.uses_teacher else None
         if self.teacher is not None:
             self.add_callback(TeacherSyncCallback(self))
+
+    def _check_images(self, *datasets) -> None:
+        """A dataset with images needs a vision-language model and its processor: say so now,
+        rather than train a model that never sees them."""
+        for dataset in datasets:
+            columns = getattr(dataset, "column_names", None) or []
+            if isinstance(columns, dict):  # a DatasetDict of eval sets
+                columns = [c for names in columns.values() for c in names]
+            image_columns = [c for c in ("image", "images") if c in columns]
+            if image_columns and not self._is_vlm:
+                raise ValueError(
+                    f"The dataset has image column(s) {image_columns}, but the model's "
+                    f"processing class ({type(self.processing_class).__name__}) is a text "
+                    "tokenizer: this model cannot take images. Use a vision-language model with "
+                    "its processor (AutoProcessor), or drop the image columns."
+                )
 
     # ----------------------------------------------------------------------------- teacher
     def _mode(self) -> str:
@@ -142,13 +169,17 @@ class RLSDTrainer(GRPOTrainer):
         steps = math.ceil(micro_steps / self.args.gradient_accumulation_steps) + 1
         return max(self._lambda(first + i) for i in range(steps))
 
-    def _teacher_prompts(self, examples: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-        """`[B, W]` left-padded teacher prompt ids and mask (the plain prompt for opd)."""
+    def _teacher_prompts(
+        self, examples: list[dict]
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """`[B, W]` left-padded teacher prompt ids and mask (the plain prompt for opd), and the
+        processor's image fields for rows with images (`pixel_values`, ..., `num_images`;
+        per-token fields left-padded to `[B, W]`)."""
         args = self.args
         if args.spec.separate_teacher:  # the separate teacher sees the student's own prompt
             examples = [{**ex, "teacher_prompt": ex["prompt"]} for ex in examples]
         chat_template_kwargs: Any = self.chat_template_kwargs  # a dict (TRL parses JSON strings)
-        ids, truncated = teacher_prompt_ids(
+        ids, truncated, fields = teacher_prompt_batch(
             self.processing_class,
             examples,
             template=args.teacher_template,
@@ -157,12 +188,17 @@ class RLSDTrainer(GRPOTrainer):
             marker=args.teacher_truncation_marker,
             **chat_template_kwargs,
         )
-        mode = self._mode()
-        self._metrics[mode]["teacher/truncated_ratio"].append(truncated / max(1, len(ids)))
+        self._metrics[self._mode()]["teacher/truncated_ratio"].append(truncated / max(1, len(ids)))
         tokenizer: Any = getattr(self.processing_class, "tokenizer", self.processing_class)
         prompt_ids, prompt_mask = left_pad(ids, tokenizer.pad_token_id)
         device = self.accelerator.device
-        return prompt_ids.to(device), prompt_mask.to(device)
+        for key in _TOKEN_TYPE_INPUTS:
+            if key in fields:
+                fields[key] = left_pad(fields[key], 0)[0].to(device)
+        for key, value in fields.items():
+            if isinstance(value, torch.Tensor):
+                fields[key] = value.to(device)
+        return prompt_ids.to(device), prompt_mask.to(device), fields
 
     def _sharing_checked(self, shared: torch.Tensor | None, full: torch.Tensor, mask) -> None:
         """The one-time check of shared-prefix scoring against the full forward: agreed on by
@@ -205,46 +241,84 @@ class RLSDTrainer(GRPOTrainer):
 
     @torch.no_grad()
     def teacher_logps(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        logits_to_keep: int,
+        images: dict[str, Any] | None = None,
     ) -> torch.Tensor:
         """`[B, T]` float32 teacher log-probs of the last `T = logits_to_keep` tokens of
-        `input_ids` (teacher prompt, left-padded, then the responses, right-padded). A
-        collective under ZeRO-3 / FSDP: every rank calls it with the same number of rows."""
+        `input_ids` (teacher prompt, left-padded, then the responses, right-padded). `images`:
+        the image fields of `teacher_prompt_batch` for these rows (the teacher sees the
+        student's images), scored with the full forward. A collective under ZeRO-3 / FSDP:
+        every rank calls it with the same number of rows."""
         T = logits_to_keep
         prompt_ids, prompt_mask = input_ids[:, :-T], attention_mask[:, :-T]
         completion_ids, completion_mask = input_ids[:, -T:], attention_mask[:, -T:]
         batch_size = self.args.per_device_train_batch_size
+        image_kwargs = self._extend_token_types(images, T)
         start = time.perf_counter()
         with self._snapshot().forward_context() as model:
-            logps = self._score_teacher(
-                lambda: shared_prefix_logps(
-                    model,
-                    prompt_ids,
-                    prompt_mask,
-                    completion_ids,
+
+            def full() -> torch.Tensor:
+                return self._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, T, batch_size=batch_size, **image_kwargs
+                )[0]
+
+            if image_kwargs:  # image tensors are per image, not per row: no prefix sharing
+                logps = full()
+            else:
+                logps = self._score_teacher(
+                    lambda: shared_prefix_logps(
+                        model,
+                        prompt_ids,
+                        prompt_mask,
+                        completion_ids,
+                        completion_mask,
+                        batch_size,
+                        self.accelerator.autocast,
+                        self._timings,
+                    ),
+                    full,
                     completion_mask,
-                    batch_size,
-                    self.accelerator.autocast,
-                    self._timings,
-                ),
-                lambda: self._get_per_token_logps_and_entropies(
-                    model, input_ids, attention_mask, T, batch_size=batch_size
-                )[0],
-                completion_mask,
-            )
+                )
         self._timings["teacher"] += time.perf_counter() - start
         return logps.float()
 
+    @staticmethod
+    def _extend_token_types(images: dict[str, Any] | None, T: int) -> dict[str, Any]:
+        """Image fields as forward kwargs, per-token ones extended with zeros over the `T`
+        response positions (as TRL does for the student)."""
+        kwargs = dict(images or {})
+        for key in _TOKEN_TYPE_INPUTS:
+            if key in kwargs:
+                types = kwargs[key]
+                kwargs[key] = torch.cat([types, types.new_zeros((types.size(0), T))], dim=1)
+        return kwargs
+
     @torch.no_grad()
     def _teacher_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
-        """`[B, T, V]` temperature-scaled teacher logits for the loss-time divergence."""
+        """`[B, T, V]` temperature-scaled teacher logits for the loss-time divergence. With
+        images, the micro-batch's own image tensors (the teacher sees the same images) and the
+        teacher prompt's token types, through the full forward."""
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         prompt_ids, prompt_mask = inputs["teacher_prompt_ids"], inputs["teacher_prompt_mask"]
         T = completion_ids.size(1)
+        images = {k: inputs[k] for k in _IMAGE_INPUTS if inputs.get(k) is not None}
+        if images:
+            images.update(
+                {k: inputs[f"teacher_{k}"] for k in _TOKEN_TYPE_INPUTS if f"teacher_{k}" in inputs}
+            )
+        image_kwargs = self._extend_token_types(images, T)
         start = time.perf_counter()
         with self._snapshot().forward_context() as model:
 
-            def shared():
+            def full() -> torch.Tensor:
+                ids = torch.cat([prompt_ids, completion_ids], dim=1)
+                mask = torch.cat([prompt_mask, completion_mask], dim=1)
+                return self._full_logits(model, ids, mask, T, **image_kwargs)
+
+            def shared() -> torch.Tensor | None:
                 logits = shared_prefix_logits(
                     model,
                     prompt_ids,
@@ -256,12 +330,7 @@ class RLSDTrainer(GRPOTrainer):
                 )
                 return None if logits is None else logits.float() / self.temperature
 
-            def full():
-                ids = torch.cat([prompt_ids, completion_ids], dim=1)
-                mask = torch.cat([prompt_mask, completion_mask], dim=1)
-                return self._full_logits(model, ids, mask, T)
-
-            logits = self._score_teacher(shared, full, completion_mask)
+            logits = full() if image_kwargs else self._score_teacher(shared, full, completion_mask)
         self._timings["teacher"] += time.perf_counter() - start
         return logits
 
@@ -323,9 +392,11 @@ class RLSDTrainer(GRPOTrainer):
 
         if args.vocab_distillation:  # the divergence needs full logits: computed at loss time
             start = time.perf_counter()
-            output["teacher_prompt_ids"], output["teacher_prompt_mask"] = self._teacher_prompts(
-                inputs
-            )
+            prompt_ids, prompt_mask, fields = self._teacher_prompts(inputs)
+            output["teacher_prompt_ids"], output["teacher_prompt_mask"] = prompt_ids, prompt_mask
+            for key in _TOKEN_TYPE_INPUTS:  # per row; the image tensors are the student's own
+                if key in fields:
+                    output[f"teacher_{key}"] = fields[key]
             self._timings["teacher"] += time.perf_counter() - start
         if not args.uses_token_advantages:
             return output
@@ -348,7 +419,7 @@ class RLSDTrainer(GRPOTrainer):
             return output  # A_hat = A exactly: TRL's 1-D advantages are already right
 
         start = time.perf_counter()
-        prompt_ids, prompt_mask = self._teacher_prompts([inputs[i] for i in rows.tolist()])
+        prompt_ids, prompt_mask, images = self._teacher_prompts([inputs[i] for i in rows.tolist()])
         self._timings["teacher"] += time.perf_counter() - start
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
         T = completion_ids.size(1)
@@ -357,6 +428,7 @@ class RLSDTrainer(GRPOTrainer):
             torch.cat([prompt_ids, completion_ids[rows]], dim=1),
             torch.cat([prompt_mask, completion_mask[rows].to(prompt_mask.dtype)], dim=1),
             T,
+            images,
         )
         scored_B = torch.zeros_like(needed_B)
         scored_B[rows] = True
@@ -437,10 +509,15 @@ class RLSDTrainer(GRPOTrainer):
             self._metrics[mode][name].append(value)
         return a_hat.to(advantages_B.dtype)
 
-    def _full_logits(self, model, input_ids, attention_mask, logits_to_keep: int) -> torch.Tensor:
+    def _full_logits(
+        self, model, input_ids, attention_mask, logits_to_keep: int, **image_kwargs
+    ) -> torch.Tensor:
         """`[B, T, V]` temperature-scaled logits predicting the last `logits_to_keep` tokens."""
+        image_kwargs.pop("num_images", None)  # the forward takes the whole micro-batch at once
         with self.accelerator.autocast():
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+            logits = model(
+                input_ids=input_ids, attention_mask=attention_mask, **image_kwargs
+            ).logits
         return logits[:, -logits_to_keep - 1 : -1, :].float() / self.temperature
 
     def _distillation_loss(self, model, inputs) -> torch.Tensor:
@@ -453,7 +530,8 @@ class RLSDTrainer(GRPOTrainer):
         T = completion_ids.size(1)
         ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
         attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        student_logits = self._full_logits(model, ids, attention, T)
+        images = {k: inputs[k] for k in (*_IMAGE_INPUTS, *_TOKEN_TYPE_INPUTS) if k in inputs}
+        student_logits = self._full_logits(model, ids, attention, T, **images)
         teacher_logits = self._teacher_logits(inputs)
         beta = {"jsd": args.opsd_beta, "forward_kl": 0.0, "reverse_kl": 1.0}[args.opsd_divergence]
         divergence = generalized_jsd(student_logits, teacher_logits, mask, beta=beta)

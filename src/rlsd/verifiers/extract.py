@@ -28,6 +28,10 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+from rlsd.prompts import completion_text
+
+__all__ = ["completion_text", "extract_answer"]
+
 Which = Literal["last", "first"]
 
 DEFAULT_ORDER: tuple[str, ...] = ("boxed", "answer_tag", "marker", "last_line")
@@ -42,44 +46,6 @@ _NUMBER_RE = re.compile(
     r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?(?:/\d+)?|"
     r"[-+]?\.\d+(?:[eE][-+]?\d+)?"
 )
-
-
-def completion_text(completion: Any) -> str:
-    """The text of one completion.
-
-    Accepts a string, a TRL conversational completion (`[{"role": "assistant", "content": ...}]`,
-    the assistant messages are joined), a single message dict, or content given as a list of
-    `{"type": "text", "text": ...}` parts. Anything else is converted with `str`.
-    """
-    if completion is None:
-        return ""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, dict):
-        return _content_text(completion.get("content"))
-    if isinstance(completion, (list, tuple)):
-        messages = [m for m in completion if isinstance(m, dict)]
-        if not messages:
-            return "".join(str(part) for part in completion)
-        assistant = [m for m in messages if m.get("role", "assistant") == "assistant"]
-        return "\n".join(_content_text(m.get("content")) for m in (assistant or messages))
-    return str(completion)
-
-
-def _content_text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, dict):
-                parts.append(str(part.get("text", "")))
-            else:
-                parts.append(str(part))
-        return "".join(parts)
-    return str(content)
 
 
 def _pick(items: Sequence[str], which: Which) -> str | None:
