@@ -244,10 +244,7 @@ def format_table(rows: list[dict[str, Any]], baseline: str = "grpo") -> str:
             "\nRLSD token-weight statistics (means over the training steps where the teacher "
             "ran; `w moved` = share of tokens with abs(w - 1) > 1e-3, `abs(A_hat)/abs(A)` = "
             "mean token multiplier, clip = share of tokens with w outside "
-            "[1 - eps_w, 1 + eps_w]):\n\n"
-            + weights_head
-            + "\n".join(weight_lines)
-            + "\n"
+            "[1 - eps_w, 1 + eps_w]):\n\n" + weights_head + "\n".join(weight_lines) + "\n"
         )
     return out
 
