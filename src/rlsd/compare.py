@@ -293,8 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rlsd compare",
         description="Run algorithm variants on the same data, model, seeds and step budget and "
         "write one report folder. Flags after `--` go to every `rlsd train` run.",
-        epilog="Presets: --quick (CI, about a minute) and the default (grpo, opsd, rlsd, "
-        "rlsd_strong; 3 seeds x 100 steps, 1000 held-out problems every 10 steps: about an "
+        epilog="Presets: --quick (CI: 30 s on 2 idle cores, about a minute on busy ones) and "
+        "the default (grpo, opsd, rlsd, rlsd_strong; 3 seeds x 100 steps, 1000 held-out "
+        "problems every 10 steps: about an "
         "hour with --jobs 1, half with --jobs 2 on 2 free cores). For published numbers: "
         "--seeds 5 (32 minutes measured with --jobs 2 on 2 cores; --dry_run prints the "
         "estimate). Built-in variants: "
