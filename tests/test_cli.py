@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlsd.cli import COMMANDS, UsageError, main, parse_train_args
-from rlsd.data import DataError
+from rlsd.cli import COMMANDS, main, parse_train_args
+from rlsd.data import DataError, UserError
 
 pytestmark = pytest.mark.slow
 ENV = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
@@ -229,7 +229,7 @@ def test_user_errors_exit_2_with_one_message(argv, message, tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert err.startswith(f"rlsd {argv[0]}: error: ") and message in err, err
     assert "Traceback" not in err and not (tmp_path / "runs").exists()
-    with pytest.raises((UsageError, DataError)):
+    with pytest.raises(UserError):
         main(["--debug", *argv])
 
 

@@ -8,8 +8,9 @@ fields for PEFT and the script fields of `ScriptArguments` below, plus command-l
 with the shipped tiny model, on a CPU, offline. It works under `accelerate launch` and
 `torchrun` like any TRL script.
 
-User errors (bad data, configuration or flags, missing files or models) print one short
-message and exit with status 2; `--debug` (or `RLSD_DEBUG=1`) shows the traceback instead.
+User errors (`rlsd.data.UserError`: bad data, configuration or flags, missing files or models)
+print one short message and exit with status 2; `--debug` (or `RLSD_DEBUG=1`) shows the
+traceback instead. Commands raise `UserError` where they know the mistake is the user's.
 Importing this module changes nothing global: `main()` sets the offline defaults and quiets
 the library progress bars and transformers' deprecation notices.
 """
@@ -28,16 +29,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rlsd.data import UserError
+
 if TYPE_CHECKING:
     from trl import ModelConfig, TrlParser
 
     from rlsd.config import RLSDConfig
-
-
-class UsageError(Exception):
-    """A mistake in what the user gave (configuration, flags, files, models): `main()` prints
-    the message alone and exits with status 2. Bad data raises `rlsd.data.DataError`, which
-    `main()` treats the same way."""
 
 
 @dataclass
@@ -155,16 +152,16 @@ def parse_train_args(argv: list[str]) -> tuple[ScriptArguments, RLSDConfig, Mode
             argv, return_remaining_strings=True
         )
     except FileNotFoundError as e:
-        raise UsageError(f"{e.filename}: no such file") from e
+        raise UserError(f"{e.filename}: no such file") from e
     except yaml.YAMLError as e:
-        raise UsageError(f"the YAML configuration is not valid YAML: {e}") from e
+        raise UserError(f"the YAML configuration is not valid YAML: {e}") from e
     except ValueError as e:  # a field's validation (RLSDConfig, GRPOConfig, ...)
-        raise UsageError(str(e)) from e
+        raise UserError(str(e)) from e
     if unknown:  # from the YAML file or the command line
         known = [o for action in parser._actions for o in action.option_strings]
         names = [a for a in unknown if a.startswith("--")]
         close = difflib.get_close_matches(names[0], known, n=1) if names else []
-        raise UsageError(
+        raise UserError(
             f"unknown argument(s): {' '.join(unknown)}"
             + (f" (did you mean {close[0]}?)" if close else "")
             + "; `rlsd train --help` lists every field."
@@ -180,12 +177,12 @@ def parse_train_args(argv: list[str]) -> tuple[ScriptArguments, RLSDConfig, Mode
 
 
 def _load_model(path: str, dtype: Any = None, attn_implementation: str | None = None):
-    """(tokenizer, model) from a folder or, when online, a Hub id; a `UsageError` if neither."""
+    """(tokenizer, model) from a folder or, when online, a Hub id; a `UserError` if neither."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     looks_local = path.startswith((".", "/", "~")) or os.sep in path.strip(os.sep)
     if looks_local and not Path(path).expanduser().exists():
-        raise UsageError(f"model {path!r}: no such folder")
+        raise UserError(f"model {path!r}: no such folder")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(
@@ -195,7 +192,7 @@ def _load_model(path: str, dtype: Any = None, attn_implementation: str | None = 
         hint = ""
         if os.environ.get("HF_HUB_OFFLINE") == "1":
             hint = " (rlsd runs offline: give a model folder, or export HF_HUB_OFFLINE=0)"
-        raise UsageError(f"cannot load the model {path!r}: {str(e).splitlines()[0]}{hint}") from e
+        raise UserError(f"cannot load the model {path!r}: {str(e).splitlines()[0]}{hint}") from e
     return tokenizer, model
 
 
@@ -205,7 +202,7 @@ def _reward_funcs(rows: list[dict], names: list[str]) -> list[Any]:
     try:
         return reward_funcs_for(rows, names)
     except (ValueError, ImportError, AttributeError) as e:  # unknown verifier or module:function
-        raise UsageError(f"--reward_funcs {' '.join(names)}: {e}") from e
+        raise UserError(f"--reward_funcs {' '.join(names)}: {e}") from e
 
 
 def train_main(argv: list[str]) -> dict:
@@ -234,7 +231,7 @@ def train_main(argv: list[str]) -> dict:
                 task.problems("eval", script.num_eval, config.seed), script.privileged
             )
         except ValueError as e:  # an unknown task or `privileged` value
-            raise UsageError(str(e)) from e
+            raise UserError(str(e)) from e
         if config.teacher_template == DEFAULT_TEACHER_TEMPLATE:  # the task's compact format
             config.teacher_template = task.teacher_template
     else:
@@ -257,7 +254,7 @@ def train_main(argv: list[str]) -> dict:
             peft_config=get_peft_config(model_config),
         )
     except ValueError as e:  # TRL's and rlsd's checks of the configuration against the model
-        raise UsageError(str(e)) from e
+        raise UserError(str(e)) from e
     # The console: one bar with a few numbers; TRL's metric dicts only with --print_metrics.
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
@@ -354,7 +351,7 @@ def eval_main(argv: list[str]) -> dict:
         try:
             rows = make_rows(get_task(args.task).problems("eval", args.num_eval, args.seed))
         except ValueError as e:  # an unknown task
-            raise UsageError(str(e)) from e
+            raise UserError(str(e)) from e
     reward_fn = _reward_funcs(rows, args.reward_funcs[:1])[0]
     tokenizer, model = _load_model(path)
     ks = tuple(k for k in (1, 2, 4, 8, 16, 32) if k <= args.num_samples)
@@ -468,8 +465,6 @@ def _set_process_defaults() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`rlsd COMMAND ...`: 0 on success, 2 on a user error (argparse exits 2 on bad flags)."""
-    from rlsd.data import DataError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     # The first word that is not an option is the command; the rest is the command's.
     at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
@@ -483,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     _set_process_defaults()
     try:
         COMMANDS[args.command].run(rest)
-    except (UsageError, DataError) as e:
+    except UserError as e:  # DataError included
         if debug:
             raise
         print(f"rlsd {args.command}: error: {e}", file=sys.stderr)

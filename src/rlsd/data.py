@@ -35,7 +35,13 @@ VERIFIER_COLUMNS: dict[str, tuple[str, ...]] = {
 MAX_ERRORS_SHOWN = 20
 
 
-class DataError(ValueError):
+class UserError(Exception):
+    """A mistake in what the user gave (data, configuration, flags, files, models), not a bug:
+    the `rlsd` command prints the message alone and exits with status 2 (`--debug` shows the
+    traceback). Its message says what was wrong, where, and what to do."""
+
+
+class DataError(UserError, ValueError):
     """Bad training data: the message lists each problem with file, row and column."""
 
 
