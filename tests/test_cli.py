@@ -319,6 +319,7 @@ def test_a_killed_and_resumed_run_logs_each_step_once(tmp_path):
     logged = [r["step"] for r in _jsonl(out / "metrics.jsonl") if "loss" in r]
     assert checkpoint == 4 and max(logged) > checkpoint  # rows that the resume must drop
 
+    # Without --output_dir: a resumed run goes on in its checkpoint's folder.
     resumed = _rlsd(*argv[:-2], "--resume_from_checkpoint", str(out / f"checkpoint-{checkpoint}"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     records = _jsonl(out / "metrics.jsonl")
