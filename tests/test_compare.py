@@ -220,11 +220,13 @@ def test_prepare_restarts_without_checkpoint(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["train.log"]
 
 
-def test_reserved_flags_are_refused(tmp_path):
+def test_reserved_flags_are_refused(tmp_path, capsys):
     from rlsd.compare import main
 
-    with pytest.raises(SystemExit, match="--algorithm"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["--quick", "--output", str(tmp_path), "--", "--algorithm", "grpo"])
+    assert exit_info.value.code == 2  # a user error
+    assert "--algorithm cannot be passed to the runs" in capsys.readouterr().err
 
 
 def test_dry_run_lists_runs(tmp_path, capsys):

@@ -61,7 +61,8 @@ def test_trl_internals_we_read_still_exist():
     source = inspect.getsource(GRPOTrainer._compute_loss)
     # 2-D advantages are accepted as they are (only 1-D ones are unsqueezed)
     assert "if advantages.dim() == 1:" in source
-    # the dual clip is TRL's `delta`, the upper clip `epsilon_high`, dapo normalises by num_items_in_batch
+    # the dual clip is TRL's `delta`, the upper clip `epsilon_high`; dapo normalises by
+    # num_items_in_batch
     assert "coef_1 = torch.clamp(coef_1, max=self.args.delta)" in source
     assert 'inputs["num_items_in_batch"]' in source
     # A_hat is completed inside the loss forward: TRL's loss must compute its log-probs (the only

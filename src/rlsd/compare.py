@@ -174,8 +174,9 @@ def estimate_seconds(
 ) -> float:
     """Wall-time estimate of a compare (the cost model above; `jobs` up to the core count).
 
-    Per run: startup + steps x step cost (x (1 + the algorithm's teacher_cost) while the teacher runs:
-    every step for opsd/grpo_opsd and constant-lambda rlsd, the first decay steps for rlsd)
+    Per run: startup + steps x step cost (x (1 + the algorithm's teacher_cost) while the
+    teacher runs: every step for opsd/grpo_opsd and constant-lambda rlsd, the first decay
+    steps for rlsd)
     + evaluations (before, every `eval_every` steps, after) x num_eval x per-problem cost.
     """
     from rlsd.config import ALGORITHM_SPECS
@@ -340,8 +341,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     args = parser.parse_args(argv)
     for flag in passthrough:
         if flag.startswith("--") and flag[2:].split("=")[0] in RESERVED:
-            raise SystemExit(
-                f"rlsd compare: {flag} cannot be passed to the runs (compare sets it); use "
+            parser.error(  # exits 2 with the message, like any other bad flag
+                f"{flag} cannot be passed to the runs (compare sets it); use "
                 "--algorithms for variants, --seeds, and --output."
             )
     preset = PRESETS["quick" if args.quick else "default"]
@@ -494,7 +495,8 @@ def write_report(
         "",
         f"Command: `{command}`",
         "",
-        f"Task `{settings['task']}`, {settings['max_steps']} steps, seeds 0..{settings['seeds'] - 1}, "
+        f"Task `{settings['task']}`, {settings['max_steps']} steps, "
+        f"seeds 0..{settings['seeds'] - 1}, "
         f"{settings['num_eval']} held-out problems (sampled accuracy, temperature 1) every "
         f"{settings['eval_every']} steps. Variants (their only difference):",
         "",

@@ -192,12 +192,14 @@ def validate_rows(rows: Iterable[dict[str, Any]], source: str = "<data>") -> lis
         needed = VERIFIER_COLUMNS.get(verifier or "exact", ())
         for column in needed:
             if column not in row:
+                needed_by = verifier or "exact"
                 errors.append(
-                    f"{where}: column {column!r} is missing (needed by verifier {verifier or 'exact'!r})"
+                    f"{where}: column {column!r} is missing (needed by verifier {needed_by!r})"
                 )
             elif _empty(row[column]):
+                needed_by = verifier or "exact"
                 errors.append(
-                    f"{where}: column {column!r} is empty (needed by verifier {verifier or 'exact'!r})"
+                    f"{where}: column {column!r} is empty (needed by verifier {needed_by!r})"
                 )
         for column in ("privileged_context", "teacher_prompt"):
             if (

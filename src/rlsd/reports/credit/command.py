@@ -95,8 +95,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         source = f"{args.task} (eval split)"
     reward_fn = reward_funcs_for(rows, args.reward_funcs[:1])[0]
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    from rlsd.data import UserError
+
+    if not Path(model_path).exists():
+        raise UserError(
+            f"model folder {str(model_path)!r} does not exist. Give a local model folder "
+            "(nothing is downloaded: rlsd runs offline)."
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    except OSError as error:  # no weights or tokenizer in the folder
+        raise UserError(
+            f"cannot load the model {model_path!r}: {error}. Give a local model folder "
+            "(nothing is downloaded: rlsd runs offline)."
+        ) from error
     records = compute_credit(
         model,
         tokenizer,
