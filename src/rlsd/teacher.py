@@ -617,14 +617,10 @@ class TeacherSnapshot:
 
     @staticmethod
     def _new_copy(policy):
-        """An empty model of the policy's architecture; `sync()` fills it with the policy's
-        full parameters, so no checkpoint path is needed (also under ZeRO-3 and FSDP)."""
-        from transformers import AutoModelForCausalLM
-
-        config = copy.deepcopy(policy.config)
-        return AutoModelForCausalLM.from_config(
-            config, dtype=policy.dtype, attn_implementation=config._attn_implementation
-        )
+        """An empty model of the policy's class (a causal LM or a vision-language model);
+        `sync()` fills it with the policy's full parameters, so no checkpoint path is needed
+        (also under ZeRO-3, where `_from_config` partitions it, and FSDP)."""
+        return type(policy)._from_config(copy.deepcopy(policy.config), dtype=policy.dtype)
 
     def _prepare(self, teacher, args):
         """Frozen, eval mode, no dropout, the policy's LM-head settings, then distributed like

@@ -1,0 +1,143 @@
+"""Images reach the self-teacher: every algorithm trains on a tiny random vision-language
+model, the teacher's log-probs depend on the image it is shown, prompts with one and two
+images collate, and a text model given images fails early."""
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlsd import RLSDConfig, RLSDTrainer
+from rlsd.data import to_dataset
+from rlsd.models.tiny_vlm import build_model, build_processor
+from rlsd.prompts import completion_text
+from rlsd.tasks import get_task, make_rows
+from rlsd.teacher import left_pad, teacher_prompt_batch
+
+pytestmark = pytest.mark.slow
+
+
+def parity(completions, **kwargs):
+    """Rewards that split every group (a random model earns no task reward)."""
+    return [float(len(completion_text(c)) % 2) for c in completions]
+
+
+def vlm_trainer(tmp_path, **overrides):
+    task = get_task("counting_visual")
+    processor = build_processor()
+    kwargs = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=12,
+        max_steps=1,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        teacher_template=task.teacher_template,
+        rlsd_skip_zero_advantage=False,
+    )
+    kwargs.update(overrides)
+    torch.manual_seed(0)
+    return RLSDTrainer(
+        model=build_model(processor),
+        reward_funcs=parity,
+        args=RLSDConfig(**kwargs),
+        train_dataset=to_dataset(make_rows(task.problems("train", 16, 0))),
+        processing_class=processor,
+    )
+
+
+@pytest.mark.parametrize(
+    "algorithm,extra",
+    [
+        ("rlsd", {}),
+        ("grpo", {}),
+        ("opsd", {}),
+        ("grpo_opsd", {}),
+        ("opsd", {"opsd_divergence": "sampled_token"}),
+    ],
+)
+def test_every_algorithm_trains_a_tiny_vlm(tmp_path, algorithm, extra):
+    trainer = vlm_trainer(tmp_path, algorithm=algorithm, **extra)
+    vision = [n for n, _ in trainer.model.named_parameters() if "vision" in n]
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.state.global_step == 1
+    moved = [n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p)]
+    assert moved and any(n in vision for n in moved)  # gradients reach the vision tower
+    if algorithm == "rlsd":
+        assert "rlsd/w_clipped_mean" in trainer.state.log_history[0]
+
+
+def _fixed_batch(trainer, rows):
+    """Teacher prompt ids and image fields for `rows`, plus their solutions as completions."""
+    processor = trainer.processing_class
+    ids, _, fields = teacher_prompt_batch(processor, rows, trainer.args.teacher_template)
+    prompt_ids, prompt_mask = left_pad(ids, processor.tokenizer.pad_token_id)
+    tokenizer = processor.tokenizer
+    answers = [tokenizer(r["privileged_context"])["input_ids"] for r in rows]
+    width = max(map(len, answers))
+    completion_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    completion_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, answer in enumerate(answers):  # right-padded, as sampled completions are
+        completion_ids[i, : len(answer)], completion_mask[i, : len(answer)] = (
+            torch.tensor(answer),
+            1,
+        )
+    input_ids = torch.cat([prompt_ids, completion_ids], 1)
+    attention_mask = torch.cat([prompt_mask, completion_mask], 1)
+    return input_ids, attention_mask, completion_ids.size(1), fields
+
+
+def test_the_teacher_sees_the_image(tmp_path):
+    trainer = vlm_trainer(tmp_path)
+    rows = make_rows(get_task("counting_visual").problems("eval", 3, 0))
+    ids, mask, T, fields = _fixed_batch(trainer, rows)
+    assert fields["num_images"] == [1, 1, 1] and fields["pixel_values"].shape[0] == 3
+    seen = trainer.teacher_logps(ids, mask, T, fields)
+
+    blank_rows = [{**r, "image": Image.new("RGB", r["image"].size, "white")} for r in rows]
+    _, _, _, blank = _fixed_batch(trainer, blank_rows)
+    unseen = trainer.teacher_logps(ids, mask, T, blank)
+    real = mask[:, -T:].bool()
+    assert (seen - unseen)[real].abs().max() > 1e-4  # a different picture, different judgement
+
+    # image inputs are scored with the full forward: the same with shared-prefix scoring off
+    off = vlm_trainer(tmp_path / "off", teacher_shared_prefix=False)  # same seed, same weights
+    assert torch.allclose(off.teacher_logps(ids, mask, T, fields), seen, atol=1e-5)
+
+
+def test_one_and_two_images_per_prompt_collate(tmp_path):
+    trainer = vlm_trainer(tmp_path)
+    one, two = make_rows(get_task("counting_visual").problems("eval", 2, 0))
+    question = two["prompt"][-1]["content"]
+    two = {
+        **two,
+        "image": None,
+        "images": [one["image"], two["image"]],
+        "prompt": [{"role": "user", "content": [{"type": "image"}, *question]}],
+    }
+    one = {**one, "images": [one["image"]], "image": None}
+    ids, mask, T, fields = _fixed_batch(trainer, [one, two])
+    assert fields["num_images"] == [1, 2] and fields["pixel_values"].shape[0] == 3
+    image_token = trainer.processing_class.tokenizer.convert_tokens_to_ids("<image>")
+    per_row = (ids == image_token).sum(1)
+    assert per_row[1] == 2 * per_row[0] > 0  # the second prompt carries both images
+    logps = trainer.teacher_logps(ids, mask, T, fields)
+    assert logps.shape == (2, T) and torch.isfinite(logps).all()
+
+
+def test_a_text_model_given_images_fails_early(tiny_path, tmp_path):
+    task = get_task("counting_visual")
+    with pytest.raises(ValueError, match="cannot take images"):
+        RLSDTrainer(
+            model=AutoModelForCausalLM.from_pretrained(tiny_path),
+            reward_funcs=parity,
+            args=RLSDConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False),
+            train_dataset=to_dataset(make_rows(task.problems("train", 8, 0))),
+            processing_class=AutoTokenizer.from_pretrained(tiny_path),
+        )
