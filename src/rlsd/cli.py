@@ -1,4 +1,4 @@
-"""The `rlsd` command: `rlsd train`, `eval`, `sft`, `compare` and `credit`.
+"""The `rlsd` command: `rlsd train`, `eval`, `sft`, `compare`, `credit` and `context`.
 
 Every command is an argparse subcommand of `rlsd` with its own parser and `--help`
 (`rlsd --help` lists them). `rlsd train [CONFIG.yaml] [--key value ...]` is TRL's parser
@@ -80,6 +80,33 @@ class ScriptArguments:
     )
     eval_temperature: float = field(
         default=1.0, metadata={"help": "Held-out sampling temperature."}
+    )
+    context_docs: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of internal documents (.md, .txt, .html, .pdf, .jsonl): each row's "
+            "privileged_context is built before training from its own reference plus the chunks "
+            "BM25 ranks highest for its question (rlsd.context; `rlsd context build` shows the "
+            "result). Only the self-teacher sees it; the run folder gets its provenance "
+            "(context_provenance.jsonl: documents, chunk ids, scores), not its text."
+        },
+    )
+    context_db: str | None = field(
+        default=None,
+        metadata={
+            "help": "SQLite database (opened read-only) whose schema and example rows of the "
+            "tables a row touches join its privileged context (with or without --context_docs)."
+        },
+    )
+    context_budget: int = field(
+        default=1024,
+        metadata={
+            "help": "Tokens (the model's tokenizer) of each row's built privileged context: the "
+            "lowest-ranked pieces are dropped first, never the row's reference (0: no budget)."
+        },
+    )
+    context_top_k: int = field(
+        default=5, metadata={"help": "Document chunks retrieved per row (--context_docs)."}
     )
     print_metrics: bool = field(
         default=False,
@@ -205,6 +232,32 @@ def _reward_funcs(rows: list[dict], names: list[str]) -> list[Any]:
         raise UserError(f"--reward_funcs {' '.join(names)}: {e}") from e
 
 
+def _build_context(
+    script: ScriptArguments, model_path: str, train_rows: list[dict], eval_rows: list[dict]
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """Train and held-out rows with their privileged context built from --context_docs and
+    --context_db (held-out rows too, so `eval/leak_rate` looks for copies of the documents),
+    and one provenance line per row. The budget counts tokens of the model's tokenizer."""
+    from rlsd.context import PROVENANCE_COLUMN, ContextBuilder
+    from rlsd.context.command import load_tokenizer
+
+    with ContextBuilder(
+        script.context_docs,
+        script.context_db,
+        tokenizer=load_tokenizer(model_path),
+        budget=script.context_budget or None,
+        top_k=script.context_top_k,
+    ) as builder:
+        train_rows = builder.build_rows(train_rows, script.dataset_path or "train")
+        eval_rows = builder.build_rows(eval_rows, script.eval_dataset_path or "held-out")
+    provenance = [
+        {"split": split, "row": i, **row.pop(PROVENANCE_COLUMN)}
+        for split, rows in (("train", train_rows), ("eval", eval_rows))
+        for i, row in enumerate(rows, start=1)
+    ]
+    return train_rows, eval_rows, provenance
+
+
 def train_main(argv: list[str]) -> dict:
     import torch
     from transformers import PrinterCallback, ProgressCallback
@@ -243,6 +296,11 @@ def train_main(argv: list[str]) -> dict:
     dtype: Any = model_config.dtype if model_config.dtype not in (None, "auto") else None
     if dtype is None:
         dtype = torch.float32 if not torch.cuda.is_available() else "auto"
+    provenance: list[dict] = []  # before loading the model: a bad folder fails fast
+    if script.context_docs is not None or script.context_db is not None:
+        train_rows, eval_rows, provenance = _build_context(
+            script, model_path, train_rows, eval_rows
+        )
     tokenizer, model = _load_model(model_path, dtype, model_config.attn_implementation)
     try:
         trainer = RLSDTrainer(
@@ -284,6 +342,9 @@ def train_main(argv: list[str]) -> dict:
             "model_path": model_path,
         }
         (out / "config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
+        if provenance:  # where each row's privileged context came from, never its text
+            lines = "".join(json.dumps(p) + "\n" for p in provenance)
+            (out / "context_provenance.jsonl").write_text(lines)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(str(out / "final"))
     summary: dict = {"output_dir": str(out), "steps": trainer.state.global_step}
@@ -407,6 +468,12 @@ def compare_main(argv: list[str]) -> dict:
     return compare(argv)
 
 
+def context_main(argv: list[str]) -> dict:
+    from rlsd.context.command import main as context  # its parser: rlsd.context.command
+
+    return context(argv)
+
+
 def credit_main(argv: list[str]) -> dict:
     from rlsd.reports.credit import main as credit  # its parser lives with the report
 
@@ -426,6 +493,9 @@ COMMANDS = {
     "sft": Command("rebuild the warm-started tiny model", sft_main),
     "compare": Command("algorithms side by side over seeds, one report", compare_main),
     "credit": Command("per-token credit page (HTML + PNG)", credit_main),
+    "context": Command(
+        "privileged context from internal documents and a SQLite database", context_main
+    ),
 }
 
 # TrainingArguments has its own `--debug <option>` (HF's underflow/overflow detection): a
