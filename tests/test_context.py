@@ -208,6 +208,7 @@ def test_bm25_ranks_the_relevant_chunk_first(docs):
         "policies/refunds.pdf#0"
     )
     assert index.search("net_revenue", 1)[0][0].id == "revenue.txt#0"  # identifiers split
+    assert index.search("blocklists of customers", 1)[0][0].id == "glossary.md#1"  # plurals
     assert index.search("zebra xylophone", 5) == []  # no shared term: nothing retrieved
 
 
@@ -222,7 +223,7 @@ def rows() -> list[dict]:
             "privileged_context": "Count customers with an order since January.",
         },
         {"prompt": "When does the fiscal year start?", "answer": "April 1st"},
-        {"prompt": "Which products?", "answer": "Widget", "gold_sql": "SELECT title FROM products"},
+        {"prompt": "Which refunds?", "answer": "Widget", "gold_sql": "SELECT title FROM products"},
     ]
 
 
@@ -243,6 +244,9 @@ def test_budget_drops_the_lowest_ranked_first_and_keeps_the_reference(docs, comp
             assert provenance["tokens"] == builder.count_tokens(text) <= budget
             assert kept + provenance["dropped"] == ranking  # a prefix of the ranking is kept
             assert kept[:2] == ranking[:2] and text.startswith(full_text[:40])
+            if provenance["dropped"]:  # the longest prefix that fits: one more piece would not
+                following = builder.pieces(row)[1][len(kept) - 2].text
+                assert builder.count_tokens(text + "\n\n" + following) > budget
             sizes.append(len(kept))
         assert sizes[0] == len(ranking) and sizes == sorted(sizes, reverse=True)
         assert sizes[-1] == 2 and len(set(sizes)) >= 4  # at the end only the reference fits

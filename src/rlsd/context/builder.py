@@ -8,7 +8,8 @@ For each row, in this order:
    column (`gold_sql`, `sql`; left out when equal to the answer);
 2. **the ranked pieces**: the schema (DDL) of the tables the row touches (found in its gold
    SQL, then named in its question), the `top_k` document chunks BM25 ranks highest for the
-   question and the reference, example rows of the touched tables, the schema of the other
+   question and the reference (`retrieval_query`: a gold query's names and values, not its
+   keywords), example rows of the touched tables, the schema of the other
    tables. The touched tables' DDL ranks first because it is short and is what the gold SQL
    is written against.
 
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlsd.context.database import Database
+from rlsd.context.database import Database, sql_words
 from rlsd.context.documents import DEFAULT_MAX_CHARS, read_documents
 from rlsd.context.errors import ContextBudgetError, ContextError
 from rlsd.context.retrieval import DocumentIndex
@@ -101,6 +102,17 @@ def _sql_of(row: Mapping[str, Any]) -> list[str]:
     return queries
 
 
+def retrieval_query(row: Mapping[str, Any]) -> str:
+    """What a row's documents are retrieved with: its question, privileged context and answer,
+    and the names and values of its gold SQL (`sql_words`: not its keywords)."""
+    queries = _sql_of(row)
+    answer = _text(row.get("answer"))
+    parts = [question_text(row), _text(row.get("privileged_context"))]
+    parts += [answer] if answer not in queries else []
+    parts += [sql_words(q) for q in queries]
+    return "\n".join(p for p in parts if p.strip())
+
+
 class ContextBuilder:
     """Builds each row's privileged context from a folder of documents (`docs`) and/or a
     SQLite database (`db`); `build(row)` gives `(text, provenance)`, `build_rows(rows)` new rows
@@ -139,6 +151,8 @@ class ContextBuilder:
         self.chunks = read_documents(docs, chunk_chars) if docs is not None else []
         self.index = DocumentIndex(self.chunks) if self.chunks else None
         self.database = Database(db) if db is not None else None
+        self._piece_tokens: dict[str, int] = {}
+        self._separator_tokens = self.count_tokens("\n\n") if tokenizer is not None else 0
 
     def close(self) -> None:
         if self.database is not None:
@@ -152,6 +166,11 @@ class ContextBuilder:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def pieces(self, row: Mapping[str, Any]) -> tuple[list[Piece], list[Piece]]:
+        """The row's reference and, best first, everything else it could get (before the
+        budget); documents are retrieved with `retrieval_query(row)`."""
+        return reference_pieces(row), self.ranked_pieces(row, retrieval_query(row))
 
     def ranked_pieces(self, row: Mapping[str, Any], query: str) -> list[Piece]:
         """What the database and the documents add for `row`, best first."""
@@ -179,11 +198,16 @@ class ContextBuilder:
             pieces += [Piece(db.tables[t] + ";", {"source": "schema", "table": t}) for t in others]
         return pieces
 
-    def _fit(self, reference: list[Piece], ranked: list[Piece], where: str) -> int:
-        """How many of the ranked pieces fit the budget after the reference (a binary search
-        on exact token counts of the joined text)."""
+    def _fit(
+        self, reference: list[Piece], ranked: list[Piece], where: str
+    ) -> tuple[int, int | None]:
+        """How many of the ranked pieces fit the budget after the reference, and the tokens of
+        the joined text (None without a tokenizer). A first guess adds the pieces' own counts;
+        exact counts of the joined text then settle it (tokens at the seams differ a little)."""
+        if self.tokenizer is None:
+            return len(ranked), None
         if self.budget is None:
-            return len(ranked)
+            return len(ranked), self.count_tokens(_join(reference + ranked))
         used = self.count_tokens(_join(reference))
         if used > self.budget:
             columns = ", ".join(p.provenance["column"] for p in reference)
@@ -192,32 +216,41 @@ class ContextBuilder:
                 f"context budget of {self.budget}; raise the budget (--budget, --context_budget): "
                 "rlsd never cuts a row's reference"
             )
-        low, high = 0, len(ranked)  # the first `low` pieces fit; more than `high` do not
-        while low < high:
-            middle = (low + high + 1) // 2
-            if self.count_tokens(_join(reference + ranked[:middle])) <= self.budget:
-                low = middle
-            else:
-                high = middle - 1
-        return low
+        kept, guess = 0, used
+        for piece in ranked:
+            guess += self._separator_tokens + piece.provenance["tokens"]
+            if guess > self.budget:
+                break
+            kept += 1
+        tokens = self.count_tokens(_join(reference + ranked[:kept]))
+        while tokens > self.budget:  # stops at kept = 0 at the latest: the reference fits
+            kept -= 1
+            tokens = self.count_tokens(_join(reference + ranked[:kept]))
+        while kept < len(ranked):
+            longer = self.count_tokens(_join(reference + ranked[: kept + 1]))
+            if longer > self.budget:
+                break
+            kept, tokens = kept + 1, longer
+        return kept, tokens
 
     def build(self, row: Mapping[str, Any], where: str = "row") -> tuple[str, dict[str, Any]]:
         """`(privileged text, provenance)` of one row; `where` names the row in errors (its
         question is added; its privileged text never is)."""
-        reference = reference_pieces(row)
-        query = "\n".join([question_text(row), *(p.text for p in reference)])
-        ranked = self.ranked_pieces(row, query)
-        kept = self._fit(reference, ranked, f"{where} (question: {_short(question_text(row))!r})")
-        text = _join(reference + ranked[:kept])
-        provenance: dict[str, Any] = {}
+        reference, ranked = self.pieces(row)
         if self.tokenizer is not None:
-            provenance["tokens"] = self.count_tokens(text)
-            for piece in reference + ranked:
+            for piece in reference:
                 piece.provenance["tokens"] = self.count_tokens(piece.text)
+            for piece in ranked:  # chunks, schema and rows recur across rows: counted once
+                if piece.text not in self._piece_tokens:
+                    self._piece_tokens[piece.text] = self.count_tokens(piece.text)
+                piece.provenance["tokens"] = self._piece_tokens[piece.text]
+        named = f"{where} (question: {_short(question_text(row))!r})"
+        kept, tokens = self._fit(reference, ranked, named)
+        provenance: dict[str, Any] = {} if tokens is None else {"tokens": tokens}
         provenance["budget"] = self.budget
         provenance["kept"] = [p.provenance for p in reference + ranked[:kept]]
         provenance["dropped"] = [p.provenance for p in ranked[kept:]]
-        return text, provenance
+        return _join(reference + ranked[:kept]), provenance
 
     def build_rows(
         self, rows: Iterable[Mapping[str, Any]], source: str = "<data>"

@@ -46,6 +46,27 @@ def _word_re(phrase: str) -> re.Pattern[str]:
     return re.compile(r"(?<![^\W_])" + re.escape(phrase) + r"(?![^\W_])", re.IGNORECASE)
 
 
+def sql_words(sql: str) -> str:
+    """The names (tables, columns, aliases longer than one letter) and literal values of a
+    query, for retrieval: its keywords (SELECT, ORDER BY, COUNT) would match any document that
+    shows SQL. The query itself when sqlglot cannot parse it."""
+    import sqlglot
+    from sqlglot import exp
+    from sqlglot.errors import SqlglotError
+
+    try:
+        trees = [t for t in sqlglot.parse(sql, read="sqlite") if t is not None]
+    except SqlglotError:
+        return sql
+    words = [
+        str(node.this)
+        for tree in trees
+        for node in tree.walk()
+        if isinstance(node, (exp.Identifier, exp.Literal)) and len(str(node.this)) > 1
+    ]
+    return " ".join(words)
+
+
 class Database:
     """A SQLite file opened read-only: `tables` (name -> DDL), `columns` (name -> column
     names), `tables_in_sql`, `tables_in_text` and `example_rows`. Use it as a context manager

@@ -1,8 +1,10 @@
 """BM25 retrieval over document chunks, with the `bm25s` library.
 
 Terms are lower-cased runs of letters and digits (underscores split, so the SQL identifier
-`net_revenue` matches the prose "net revenue"), minus bm25s's English stopwords; no stemming
-(a simplification: "customers" does not match "customer"). Every chunk is scored against the
+`net_revenue` matches the prose "net revenue"), minus bm25s's English stopwords, with English
+plurals folded ("customers" -> "customer", "policies" -> "policy"). That folding is the only
+stemming (a simplification: "ordered" does not match "order"; a Snowball stemmer would need
+one more dependency). Every chunk is scored against the
 query (`BM25.get_scores`, Lucene's BM25 with k1 = 1.5, b = 0.75); chunks that share no term
 with the query (score 0) are never returned, and ties are broken by the chunk's position in
 the folder, so the ranking is deterministic.
@@ -25,9 +27,19 @@ def _stopwords() -> frozenset[str]:
     return frozenset(STOPWORDS_EN)
 
 
+def singular(term: str) -> str:
+    """`term` with an English plural ending folded (`policies` -> `policy`, `orders` ->
+    `order`; `class`, `status` and `analysis` are left alone)."""
+    if len(term) > 4 and term.endswith("ies"):
+        return term[:-3] + "y"
+    if len(term) > 3 and term.endswith("s") and not term.endswith(("ss", "us", "is")):
+        return term[:-1]
+    return term
+
+
 def terms(text: str, stopwords: frozenset[str] = frozenset()) -> list[str]:
     """The BM25 terms of `text`, in order (repeats kept: BM25 counts them)."""
-    return [t for t in _TERM_RE.findall(text.lower()) if t not in stopwords]
+    return [singular(t) for t in _TERM_RE.findall(text.lower()) if t not in stopwords]
 
 
 class DocumentIndex:
