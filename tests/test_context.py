@@ -377,7 +377,7 @@ def test_bad_input_gets_a_named_error(tmp_path, tokenizer):
 
 
 # ------------------------------------------------------------------------------ commands
-def test_context_build_end_to_end(tmp_path, docs, company_db, capsys):
+def test_context_build_end_to_end(tmp_path, docs, company_db, capsys, tiny_path):
     data = tmp_path / "questions.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows()))
     digest = sha256(company_db)
@@ -400,9 +400,38 @@ def test_context_build_end_to_end(tmp_path, docs, company_db, capsys):
     assert "give --docs DIR, --db FILE or both" in capsys.readouterr().err
     assert main(["context", "build", "--docs", str(tmp_path / "nope"), "--dataset", str(data)]) == 2
     assert "does not exist" in capsys.readouterr().err
+    other = tmp_path / "other.jsonl"
+    argv = ["context", "build", "--docs", str(docs), "--db", str(company_db), "--dataset"]
+    argv += [str(data), "--out", str(other), "--budget", "0", "--top_k", "1"]
+    argv += ["--example_rows", "0", "--chunk_chars", "60", "--model", tiny_path]
+    assert main(argv) == 0 and "(18 chunks)" in capsys.readouterr().out  # 9 at 1000 characters
+    for row in read_rows(other):
+        provenance = row["context_provenance"]
+        assert provenance["budget"] is None and provenance["dropped"] == []
+        sources = [p["source"] for p in provenance["kept"]]
+        assert sources.count("document") <= 1 and "rows" not in sources
+    assert main([*argv[:-1], str(tmp_path / "no-model")]) == 2
+    assert "cannot load the tokenizer" in capsys.readouterr().err
     with pytest.raises(SystemExit) as help_exit:
         main(["context", "build", "--help"])
     assert help_exit.value.code == 0 and "--top_k" in capsys.readouterr().out
+
+
+def test_train_flags_reach_the_builder(tmp_path, docs, company_db, tiny_path):
+    from rlsd.cli import _build_context, parse_train_args
+
+    argv = ["--context_docs", str(docs), "--context_db", str(company_db)]
+    argv += ["--context_budget", "400", "--context_top_k", "1", "--context_example_rows", "0"]
+    script, _, _ = parse_train_args(argv)
+    train, held_out, provenance = _build_context(script, tiny_path, rows(), rows()[:1])
+    assert [p["split"] for p in provenance] == ["train"] * 3 + ["eval"]
+    assert all("context_provenance" not in r for r in train + held_out)  # into the run folder
+    assert held_out[0]["privileged_context"] == train[0]["privileged_context"]
+    for p in provenance:
+        pieces = p["kept"] + p["dropped"]
+        assert p["budget"] == 400 and p["tokens"] <= 400
+        assert [x["source"] for x in pieces].count("document") <= 1
+        assert "rows" not in [x["source"] for x in pieces] and "schema" in str(pieces)
 
 
 CANARY = "CANARY-5b1d the quiet heron audits the ledger at dawn"

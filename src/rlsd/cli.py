@@ -108,6 +108,10 @@ class ScriptArguments:
     context_top_k: int = field(
         default=5, metadata={"help": "Document chunks retrieved per row (--context_docs)."}
     )
+    context_example_rows: int = field(
+        default=3,
+        metadata={"help": "Example rows shown per table a row touches (--context_db; 0: none)."},
+    )
     print_metrics: bool = field(
         default=False,
         metadata={
@@ -247,6 +251,7 @@ def _build_context(
         tokenizer=load_tokenizer(model_path),
         budget=script.context_budget or None,
         top_k=script.context_top_k,
+        example_rows=script.context_example_rows,
     ) as builder:
         train_rows = builder.build_rows(train_rows, script.dataset_path or "train")
         eval_rows = builder.build_rows(eval_rows, script.eval_dataset_path or "held-out")

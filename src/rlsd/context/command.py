@@ -155,7 +155,7 @@ def build_main(args: argparse.Namespace) -> dict[str, Any]:
         f"{summary['tokens_mean']} context tokens per row on average, {summary['tokens_max']} "
         f"at most (budget {args.budget or 'none'}); {summary['rows_with_drops']} rows dropped "
         f"{summary['pieces_dropped']} pieces to fit"
-        + (f"; {summary['rows_without_documents']} got no document chunk" if args.docs else "")
+        + (f"; {summary['rows_without_documents']} rows got no document chunk" if args.docs else "")
         + f"; wrote {out} ({summary['seconds']} s)"
     )
     return summary
