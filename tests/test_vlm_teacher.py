@@ -131,6 +131,18 @@ def test_one_and_two_images_per_prompt_collate(tmp_path):
     assert logps.shape == (2, T) and torch.isfinite(logps).all()
 
 
+def test_an_image_path_is_the_same_as_the_image(tmp_path):
+    processor = build_processor()
+    (row,) = make_rows(get_task("counting_visual").problems("eval", 1, 0))
+    row["image"].save(tmp_path / "shapes.png")
+    from_image = teacher_prompt_batch(processor, [row], "{question} {privileged}")
+    from_path = teacher_prompt_batch(
+        processor, [{**row, "image": str(tmp_path / "shapes.png")}], "{question} {privileged}"
+    )
+    assert from_image[0] == from_path[0]
+    assert torch.equal(from_image[2]["pixel_values"], from_path[2]["pixel_values"])
+
+
 def test_a_text_model_given_images_fails_early(tiny_path, tmp_path):
     task = get_task("counting_visual")
     with pytest.raises(ValueError, match="cannot take images"):

@@ -188,7 +188,7 @@ def _render(
         tokenize=True,
         return_dict=True,
         return_tensors="pt",
-        padding=True,
+        processor_kwargs={"padding": True},
         **chat_template_kwargs,
     )
     mask = out["attention_mask"]
