@@ -153,3 +153,24 @@ def test_a_text_model_given_images_fails_early(tiny_path, tmp_path):
             train_dataset=to_dataset(make_rows(task.problems("train", 8, 0))),
             processing_class=AutoTokenizer.from_pretrained(tiny_path),
         )
+
+
+def test_held_out_evaluation_shows_the_images():
+    from rlsd.evaluation import evaluate, generate
+
+    processor = build_processor()
+    model = build_model(processor)
+    rows = make_rows(get_task("counting_visual").problems("eval", 4, 0))
+    metrics = evaluate(model, processor, rows, parity, num_samples=2, max_new_tokens=6, ks=(1, 2))
+    assert metrics["num_problems"] == 4 and 0.0 <= metrics["accuracy"] <= 1.0
+    assert "greedy_accuracy" in metrics and "pass@2" in metrics
+    # with the same seed, completions sampled for blank images differ: the picture is seen
+    prompts = [r["prompt"] for r in rows]
+    seen = generate(
+        model, processor, prompts, 4, 1.0, 8, seed=0, images=[[r["image"]] for r in rows]
+    )
+    blank = [[Image.new("RGB", r["image"].size, "white")] for r in rows]
+    assert seen == generate(
+        model, processor, prompts, 4, 1.0, 8, seed=0, images=[[r["image"]] for r in rows]
+    )
+    assert seen != generate(model, processor, prompts, 4, 1.0, 8, seed=0, images=blank)

@@ -23,6 +23,7 @@ import torch
 
 from rlsd.objectives import leak_flags
 from rlsd.prompts import completion_text, is_conversational, tokenize_prompts
+from rlsd.teacher import example_images, left_pad, render_prompts
 
 RewardFn = Callable[..., list[float | None]]
 
@@ -71,8 +72,11 @@ def sample_completions(
     num_samples: int,
     temperature: float,
     max_new_tokens: int,
+    **image_inputs: Any,
 ) -> Completions:
-    """`num_samples` completions of each left-padded prompt (`temperature == 0`: greedy)."""
+    """`num_samples` completions of each left-padded prompt (`temperature == 0`: greedy).
+    `image_inputs`: the processor's image tensors for these prompts (`pixel_values`, ...)."""
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor's own tokenizer
     sampling = temperature > 0
     generated = model.generate(
         input_ids=input_ids_BP,
@@ -85,6 +89,7 @@ def sample_completions(
         num_return_sequences=num_samples,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        **image_inputs,
     )
     ids_NT = generated[:, input_ids_BP.shape[1] :]
     mask_NT = _completion_mask(ids_NT, tokenizer.eos_token_id)
@@ -94,6 +99,24 @@ def sample_completions(
         skip_special_tokens=True,
     )
     return Completions(ids_NT, mask_NT, list(texts))
+
+
+def prompt_batch(
+    tokenizer, prompts: Sequence[Any], images: Sequence[list | None] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Left-padded `[B, P]` ids and mask of `prompts`, and, for prompts with images (a
+    processor as `tokenizer`), the image tensors its forward and `generate` take."""
+    if images is not None and any(images):
+        ids, fields = render_prompts(tokenizer, list(prompts), list(images))
+        fields.pop("num_images", None)
+        for key in ("token_type_ids", "mm_token_type_ids"):  # per token: pad like the ids
+            if key in fields:
+                fields[key] = left_pad(fields[key], 0)[0]
+    else:
+        ids, fields = tokenize_prompts(tokenizer, list(prompts)), {}
+    pad_id = getattr(tokenizer, "tokenizer", tokenizer).pad_token_id
+    input_ids, attention_mask = left_pad(ids, pad_id)
+    return input_ids, attention_mask, fields
 
 
 def score_completions(
@@ -135,24 +158,23 @@ def generate(
     max_new_tokens: int = 40,
     batch_size: int = 256,
     seed: int | None = None,
+    images: Sequence[list | None] | None = None,
 ) -> list[list[str]]:
-    """`num_samples` completion texts for each prompt (`temperature == 0` means greedy).
+    """`num_samples` completion texts for each prompt (`temperature == 0` means greedy);
+    `images`: each prompt's images (TRL's conventions), for a vision-language model whose
+    processor is given as `tokenizer`.
 
     With a `seed`, sampling is reproducible and leaves the caller's random state (CPU and
     the model's accelerator) untouched, so evaluating mid-training does not change training."""
-    prompt_ids = tokenize_prompts(tokenizer, list(prompts))
     device = next(model.parameters()).device
     per_batch = max(1, batch_size // num_samples)
     out: list[list[str]] = []
     with sampling_mode(model, seed):
-        for start in range(0, len(prompt_ids), per_batch):
-            chunk = prompt_ids[start : start + per_batch]
-            width = max(len(ids) for ids in chunk)
-            input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, ids in enumerate(chunk):  # left padding: the prompt ends where generation starts
-                input_ids[i, width - len(ids) :] = torch.tensor(ids)
-                attention_mask[i, width - len(ids) :] = 1
+        for start in range(0, len(prompts), per_batch):
+            chunk_images = None if images is None else images[start : start + per_batch]
+            input_ids, attention_mask, image_inputs = prompt_batch(
+                tokenizer, prompts[start : start + per_batch], chunk_images
+            )
             texts = sample_completions(
                 model,
                 tokenizer,
@@ -161,6 +183,7 @@ def generate(
                 num_samples,
                 temperature,
                 max_new_tokens,
+                **{k: v.to(device) for k, v in image_inputs.items()},
             ).texts
             out.extend(texts[i : i + num_samples] for i in range(0, len(texts), num_samples))
     return out
@@ -193,6 +216,8 @@ def evaluate(
     `pass@k` for each k <= num_samples, `leak_rate` (when rows carry privileged context),
     `reward_mean`, `num_problems`."""
     prompts = [row["prompt"] for row in rows]
+    images = [example_images(row) for row in rows]
+    images_or_none = images if any(images) else None
 
     def score(completions_per_prompt: list[list[str]]) -> list[list[float]]:
         rewards = score_completions(reward_fn, rows, completions_per_prompt)
@@ -200,7 +225,15 @@ def evaluate(
 
     metrics: dict[str, Any] = {"num_problems": len(rows)}
     samples = generate(
-        model, tokenizer, prompts, num_samples, temperature, max_new_tokens, batch_size, seed
+        model,
+        tokenizer,
+        prompts,
+        num_samples,
+        temperature,
+        max_new_tokens,
+        batch_size,
+        seed,
+        images_or_none,
     )
     rewards = score(samples)
     correct = [[r >= success_threshold for r in rs] for rs in rewards]
@@ -220,7 +253,9 @@ def evaluate(
         )
         metrics["leak_rate"] = sum(flags) / max(1, len(flags))
     if greedy:
-        greedy_samples = generate(model, tokenizer, prompts, 1, 0.0, max_new_tokens, batch_size)
+        greedy_samples = generate(
+            model, tokenizer, prompts, 1, 0.0, max_new_tokens, batch_size, images=images_or_none
+        )
         greedy_rewards = score(greedy_samples)
         metrics["greedy_accuracy"] = sum(r[0] >= success_threshold for r in greedy_rewards) / max(
             1, len(rows)

@@ -164,13 +164,16 @@ def _fit_privileged(
     )
 
 
-def _render(
+def render_prompts(
     processing_class,
     prompts: list[Prompt],
     images: list[list | None] | None,
     **chat_template_kwargs,
 ) -> tuple[list[list[int]], dict[str, Any]]:
-    """Token ids of `prompts` (and, with images, the processor's image fields for the batch)."""
+    """Token ids of `prompts` as TRL renders them for generation (chat template with the
+    generation prompt); with `images` (one list per prompt), through the processor, which also
+    returns the batch's image fields (`pixel_values`, ..., per-token ones unpadded, and
+    `num_images` per prompt)."""
     if images is None:
         return tokenize_prompts(processing_class, prompts, **chat_template_kwargs), {}
     from trl.data_utils import prepare_multimodal_messages
@@ -220,7 +223,7 @@ def teacher_prompt_batch(
     row_images = [example_images(ex) for ex in examples]
     images = row_images if any(row_images) else None
     prompts = [teacher_prompt(ex, template, instruction) for ex in examples]
-    ids, fields = _render(processing_class, prompts, images, **chat_template_kwargs)
+    ids, fields = render_prompts(processing_class, prompts, images, **chat_template_kwargs)
     truncated = 0
     if max_prompt_length is None:
         return ids, truncated, fields
@@ -231,13 +234,13 @@ def teacher_prompt_batch(
         def render(privileged: str, i=i, ex=ex) -> list[int]:
             prompts[i] = teacher_prompt(ex, template, instruction, privileged=privileged)
             row = None if images is None else [images[i]]
-            return _render(processing_class, [prompts[i]], row, **chat_template_kwargs)[0][0]
+            return render_prompts(processing_class, [prompts[i]], row, **chat_template_kwargs)[0][0]
 
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         ids[i] = _fit_privileged(tokenizer, ex, ids[i], max_prompt_length, render, marker, i)
         truncated += 1
     if truncated and images is not None:  # the image fields of the batch as finally rendered
-        ids, fields = _render(processing_class, prompts, images, **chat_template_kwargs)
+        ids, fields = render_prompts(processing_class, prompts, images, **chat_template_kwargs)
     return ids, truncated, fields
 
 
