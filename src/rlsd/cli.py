@@ -208,17 +208,31 @@ def parse_train_args(argv: list[str]) -> tuple[ScriptArguments, RLSDConfig, Mode
 
 
 def _load_model(path: str, dtype: Any = None, attn_implementation: str | None = None):
-    """(tokenizer, model) from a folder or, when online, a Hub id; a `UserError` if neither."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(tokenizer, model) from a folder or, when online, a Hub id; a `UserError` if neither.
+    A vision-language model (a config with a `vision_config`) comes with its processor."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+    )
 
     looks_local = path.startswith((".", "/", "~")) or os.sep in path.strip(os.sep)
     if looks_local and not Path(path).expanduser().exists():
         raise UserError(f"model {path!r}: no such folder")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation=attn_implementation
-        )
+        config = AutoConfig.from_pretrained(path)
+        if hasattr(config, "vision_config"):  # a vision-language model: its processor and class
+            tokenizer = AutoProcessor.from_pretrained(path)
+            model = AutoModelForImageTextToText.from_pretrained(
+                path, dtype=dtype, attn_implementation=attn_implementation
+            )
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, attn_implementation=attn_implementation
+            )
     except (OSError, ValueError) as e:
         hint = ""
         if os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -282,6 +296,10 @@ def train_main(argv: list[str]) -> dict:
     if script.dataset_path is None:
         try:
             task = get_task(script.task)
+            if getattr(task, "has_images", False) and not model_config.model_name_or_path:
+                from rlsd.models.tiny_vlm import DEFAULT_VLM_PATH
+
+                model_path = str(DEFAULT_VLM_PATH)  # the shipped tiny vision-language model
             train_rows = make_rows(
                 task.problems("train", script.num_train, config.seed), script.privileged
             )
