@@ -14,6 +14,7 @@ assignment matters, while staying learnable by a 1M-parameter character-level mo
 from __future__ import annotations
 
 from rlsd.tasks.base import Problem, Task, make_rows
+from rlsd.tasks.sql import SqlTask
 from rlsd.tasks.tasks import ArithmeticTask, CountingTask, MixedTask, PathsTask
 
 TASKS: dict[str, type[Task]] = {
@@ -21,6 +22,7 @@ TASKS: dict[str, type[Task]] = {
     "counting": CountingTask,
     "paths": PathsTask,
     "mixed": MixedTask,
+    "sql": SqlTask,  # text-to-SQL over the shipped database; rules in its documents
 }
 
 

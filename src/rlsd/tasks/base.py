@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 # Compact teacher template for the built-in tasks. The spec's English template works too,
 # but for a character-level model it would triple the teacher's input length. The question
@@ -23,6 +24,8 @@ class Problem:
     question: str  # what the student sees, e.g. "Q:7+3-5+8="
     solution: str  # the worked reference solution, ending with "A:<answer>"
     answer: str
+    # More columns of the problem's row, e.g. the `sql` task's `database` and `verifier`.
+    columns: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 class Task(ABC):
@@ -68,6 +71,7 @@ def make_rows(problems: list[Problem], privileged: str = "solution") -> list[dic
             "prompt": [{"role": "user", "content": p.question}],
             "answer": p.answer,
             "privileged_context": p.solution if privileged == "solution" else f"A:{p.answer}",
+            **p.columns,
         }
         for p in problems
     ]

@@ -1,0 +1,163 @@
+"""The built-in `sql` task: shipped database and documents, rules that change the answer,
+the held-out split, and the `sql` verifier on its rows."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+import pytest
+
+from rlsd.tasks import get_task, make_rows
+from rlsd.tasks.sql import (
+    DB_PATH,
+    DOCS_DIR,
+    EVAL_COUNTRIES,
+    SCHEMA,
+    SqlTask,
+    fiscal_year,
+    fiscal_year_months,
+    read_rules,
+)
+from rlsd.verifiers import get_verifier, reward_funcs_for
+from rlsd.verifiers.sql import connect
+
+TASK = get_task("sql")
+assert isinstance(TASK, SqlTask)
+# The naive reading of each rule: the CRM flag for "active", gross for "net", the calendar
+# year for "FYnn", the textbook regions.
+TEXTBOOK_REGIONS = {"EMEA": "DE,FR,UK", "AMER": "US,CA,BR,MX", "APAC": "JP,AU,SG,IN"}
+
+
+def _rows(sql: str) -> list[tuple]:
+    conn = connect(str(DB_PATH))
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def _naive(template: str, param: dict) -> dict[str, str]:
+    """Gold SQL with one rule at a time replaced by its naive reading, by rule."""
+    _, _, sql = TASK.solve(template, param)
+    out = {}
+    if TASK.active in sql:
+        out["active"] = sql.replace(TASK.active, "st='A'")
+    if TASK.net + " and " in sql:
+        out["net"] = sql.replace(TASK.net + " and ", "")
+    span = re.search(r"ym between \d+ and \d+", sql)
+    if span:
+        y = param["year"]
+        out["FY"] = sql.replace(span.group(0), f"ym between {y}01 and {y}12")
+    if param.get("place") in TEXTBOOK_REGIONS:
+        members = ",".join(f"'{c}'" for c in TEXTBOOK_REGIONS[param["place"]].split(","))
+        out["region"] = re.sub(r"cc in\([^)]*\)", f"cc in({members})", sql)
+    return out
+
+
+def test_database_and_documents_ship_and_load():
+    assert DB_PATH.is_file() and DB_PATH.stat().st_size < 64_000
+    tables = {r[0] for r in _rows("select name from sqlite_master where type='table'")}
+    assert tables == {"c", "o", "p"}
+    conn = sqlite3.connect(f"file:{DB_PATH}?mode=ro", uri=True)
+    for table, columns in re.findall(r"(\w+)\(([^)]*)\)", SCHEMA):  # the schema is the DB's
+        info = conn.execute(f"pragma table_info({table})").fetchall()
+        assert [r[1] for r in info] == columns.split(","), table
+    conn.close()
+    assert {p.name for p in DOCS_DIR.iterdir()} >= {"glossary.md", "regions.md"}
+    rules = read_rules()
+    assert rules["active"] == "lo>=2404" and rules["net"] == "ret=0"
+    assert rules["EMEA"] == "DE,FR,UK,IN"
+    with pytest.raises(sqlite3.DatabaseError):  # the verifier's connection is read-only
+        _rows("delete from o")
+
+
+def test_fiscal_year_helpers():
+    assert fiscal_year_months(24, 4) == (2304, 2403)
+    assert fiscal_year_months(24, 1) == (2401, 2412)
+    assert [fiscal_year(m) for m in (2403, 2404, 2503)] == [24, 25, 25]
+
+
+def test_every_gold_sql_runs_and_every_rule_changes_its_result():
+    checked = 0
+    for template, param in TASK.combinations():
+        _, notes, sql = TASK.solve(template, param)
+        gold = _rows(sql)
+        assert gold[0][0] not in (None, 0), (template, param)
+        variants = _naive(template, param)
+        assert variants, (template, param)  # every question needs a rule from the documents
+        for rule, naive in variants.items():
+            assert _rows(naive) != gold, f"{rule} does not matter for {template} {param}"
+            checked += 1
+    assert checked > 250
+
+
+def test_rows_prompt_answer_privileged_context():
+    (row,) = make_rows([TASK.problem("revenue_place", {"place": "EMEA", "year": 24})])
+    assert row["prompt"] == [{"role": "user", "content": f"{SCHEMA}\nQ:net revenue in EMEA FY24?"}]
+    gold = (
+        "select sum(amt) from o join c using(cid) where ret=0 and "
+        "cc in('DE','FR','UK','IN') and ym between 2304 and 2403"
+    )
+    assert row["answer"] == gold
+    assert row["privileged_context"] == f"--net:ret=0;FY24:2304-2403;EMEA:DE,FR,UK,IN\n{gold}"
+    assert row["database"] == str(DB_PATH.resolve()) and row["verifier"] == "sql"
+    assert (
+        make_rows([TASK.problem("active", {"place": "DE"})], "answer")[0]["privileged_context"]
+        == "A:select count(*) from c where cc='DE' and lo>=2404"
+    )
+
+
+def test_fits_the_tiny_model():
+    problems = TASK.problems("train", 10_000) + TASK.problems("eval", 10_000)
+    longest = max(len(p.solution) for p in problems)
+    assert longest + 1 <= TASK.max_completion_length
+    # BOS + prompt + worked solution + EOS: the student fits 256 positions
+    assert max(len(p.question) + len(p.solution) + 2 for p in problems) <= 256
+
+
+def test_held_out_split_is_fixed_and_disjoint():
+    train, held_out = TASK.problems("train", 10_000, 0), TASK.problems("eval", 10_000, 0)
+    assert len(train) > 100 and len(held_out) > 30
+    train_q = {p.question for p in train}
+    assert not train_q & {p.question for p in held_out}
+    for cc in EVAL_COUNTRIES:  # unseen values: never asked about in training
+        assert not any(re.search(rf"\b{cc}\b", q.split("\n")[1]) for q in train_q)
+        assert any(re.search(rf"\b{cc}\b", p.question.split("\n")[1]) for p in held_out)
+    # unseen combinations of seen values: the held-out (template, parameters) pairs that do not
+    # name an unseen country have each parameter value in some training question
+    train_combos = [(t, p) for t, p in TASK.combinations() if not TASK.is_held_out(t, p)]
+    seen_values = {v for _, p in train_combos for v in p.values()}
+    combos = [
+        (t, p)
+        for t, p in TASK.combinations()
+        if TASK.is_held_out(t, p) and p.get("place") not in EVAL_COUNTRIES
+    ]
+    assert len(combos) > 10
+    assert all(v in seen_values for _, p in combos for v in p.values())
+    # the seed orders the problems; it does not change the split
+    assert {p.question for p in TASK.problems("eval", 10_000, 3)} == {p.question for p in held_out}
+    assert [p.question for p in TASK.problems("train", 5, 1)] != [p.question for p in train[:5]]
+    with pytest.raises(ValueError, match="split"):
+        TASK.problems("test", 3)
+
+
+def test_sql_verifier_scores_gold_1_and_wrong_0():
+    rows = make_rows(TASK.problems("eval", 10_000))
+    reward = get_verifier("sql")
+    routed = reward_funcs_for(rows, ["exact"])[0]  # the `verifier` column routes to `sql`
+    for fn in (reward, routed):
+        assert fn(
+            prompts=None,
+            completions=[r["privileged_context"] for r in rows],
+            **{k: [r[k] for r in rows] for k in ("answer", "database", "verifier")},
+        ) == [1.0] * len(rows)
+    naive = [next(iter(_naive(*tc).values())) for tc in TASK.combinations()[:20]]
+    rows20 = make_rows([TASK.problem(*tc) for tc in TASK.combinations()[:20]])
+    scores = reward(
+        prompts=None,
+        completions=naive + ["select 1", "drop table o"],
+        answer=[r["answer"] for r in rows20] + [rows20[0]["answer"]] * 2,
+        database=[r["database"] for r in rows20] + [rows20[0]["database"]] * 2,
+    )
+    assert scores == [0.0] * 22
