@@ -161,3 +161,36 @@ def test_sql_verifier_scores_gold_1_and_wrong_0():
         database=[r["database"] for r in rows20] + [rows20[0]["database"]] * 2,
     )
     assert scores == [0.0] * 22
+
+
+def test_sft_on_sql_repeats_problems_routes_to_sql_and_sets_positions(tmp_path, monkeypatch):
+    from rlsd.models import sft
+    from rlsd.models.sft import SFTArgs, build_examples, run_sft
+
+    def gold_accuracy(model, tokenizer, rows, reward_fn, **kwargs):  # the reference, scored
+        completions = [r["privileged_context"] for r in rows]
+        columns = {k: [r[k] for r in rows] for k in ("answer", "database", "verifier")}
+        scores = reward_fn(prompts=None, completions=completions, **columns)
+        return {"accuracy": sum(scores) / len(scores)}
+
+    monkeypatch.setattr(sft, "evaluate", gold_accuracy)
+    from rlsd.models.tiny import build_tokenizer
+
+    examples = build_examples(SFTArgs(task="sql", num_train=300), build_tokenizer())
+    assert len(examples) == 300  # 127 training problems, repeated
+    assert max(len(ids) for ids, _ in examples) > 256  # the self-teacher's format: 512 positions
+    args = SFTArgs(
+        output_dir=str(tmp_path / "m"),
+        task="sql",
+        num_train=40,
+        num_eval=2,
+        batch_size=4,
+        max_steps=1,
+        eval_every=1,
+        max_positions=512,
+    )
+    summary = run_sft(args, log=lambda _: None)
+    # the worked solution (rules as a comment, then the query) scores 1 only with `sql`
+    assert summary["steps"] == 1 and summary["sampled_accuracy"] == 1.0
+    config = (tmp_path / "m" / "config.json").read_text()
+    assert '"max_position_embeddings": 512' in config

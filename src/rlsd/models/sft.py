@@ -28,7 +28,7 @@ from rlsd.evaluation import evaluate
 from rlsd.models.tiny import build_model, build_tokenizer
 from rlsd.tasks import get_task, make_rows
 from rlsd.teacher import fill_template
-from rlsd.verifiers import get_verifier
+from rlsd.verifiers import reward_funcs_for
 
 
 @dataclass
@@ -45,6 +45,7 @@ class SFTArgs:
     teacher_target: float = 0.85
     teacher_fraction: float = 0.7
     seed: int = 0
+    max_positions: int = 256  # the sql task's self-teacher needs about 400: use 512
 
 
 def _example(tokenizer, prompt_text: str, target: str) -> tuple[list[int], list[int]]:
@@ -62,7 +63,11 @@ def build_examples(args: SFTArgs, tokenizer) -> list[tuple[list[int], list[int]]
     task = get_task(args.task)
     rng = random.Random(args.seed)
     examples = []
-    for p in task.problems("train", args.num_train, args.seed):
+    problems = task.problems("train", args.num_train, args.seed)
+    # a task with fewer distinct problems than `num_train` (sql) repeats them, each time in a
+    # format drawn anew
+    for i in range(args.num_train):
+        p = problems[i % len(problems)]
         prompt = p.question
         if rng.random() < args.teacher_fraction:
             reference = p.solution if rng.random() < 0.8 else f"A:{p.answer}"
@@ -87,7 +92,7 @@ def run_sft(args: SFTArgs, log=print) -> dict:
     """Train from scratch until `target_accuracy`; save an HF model folder; return a summary."""
     torch.manual_seed(args.seed)
     tokenizer = build_tokenizer()
-    model = build_model(tokenizer, seed=args.seed)
+    model = build_model(tokenizer, max_positions=args.max_positions, seed=args.seed)
     task = get_task(args.task)
     examples = build_examples(args, tokenizer)
     eval_rows = make_rows(task.problems("eval", args.num_eval, args.seed))
@@ -107,7 +112,7 @@ def run_sft(args: SFTArgs, log=print) -> dict:
         }
         for row in eval_rows[: max(1, args.num_eval // 2)]
     ]
-    reward_fn = get_verifier("exact")
+    reward_fn = reward_funcs_for(eval_rows, ["exact"])[0]  # a `verifier` column routes (sql)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0)
     rng = random.Random(args.seed + 1)
     history, started, accuracy, teacher_accuracy, step = [], time.time(), 0.0, 0.0, 0
