@@ -6,7 +6,7 @@ computes exactly what the trainer computes for one rollout batch (spec sections 
 
 - `A`, the group advantage (`group_advantages`);
 - `delta[t] = logp_teacher[t] - logp_student[t]`, the teacher being the same network shown the
-  privileged context (`rlsd.teacher.teacher_input_ids`), with the sampled ids appended as is;
+  privileged context (`rlsd.teacher.teacher_prompt_batch`), with the sampled ids appended as is;
 - `w[t] = exp(sign(A) * delta[t])` and `A_hat[t]` (`rlsd_token_advantages`).
 
 It writes a self-contained HTML page (inline CSS, no script, no network), a PNG of a few
@@ -14,6 +14,8 @@ responses for READMEs, and the numbers as JSON. Tokens are coloured by the relat
 `A_hat / A = (1 - lam) + lam * clip(w)`, on a diverging map centred at 1: red where RLSD puts
 more weight than GRPO would (more credit on a correct answer, more blame on a wrong one),
 blue where it puts less. A CSS-only switch shows the unclipped evidence `sign(A) * delta`.
+Rows with images (a vision-language model and its processor) are scored with their images
+and shown beside them, on the page as embedded PNGs; the JSON never holds an image.
 
 One module per concern:
 
@@ -21,9 +23,10 @@ One module per concern:
 |-----------|-----------------------------------------------------------------------|
 | `compute` | sampling, rewards, log-probs and credit (`compute_credit`, `summarize`) |
 | `colors`  | the diverging colour scale shared by page and picture                 |
+| `images`  | a problem's images as PNG data URIs (page) and pixels (picture)       |
 | `page`    | the HTML page (`render_html`); its stylesheet is in `style`          |
 | `picture` | the PNG (`render_png`)                                                |
-| `command` | the `rlsd credit` command (`main`, `add_arguments`, `run`)            |
+| `command` | the `rlsd credit` command (`main`, `add_arguments`, `run`, `load_model`) |
 """
 
 from rlsd.reports.credit.colors import NEUTRAL_COLOR, credit_color, log_ratio_color

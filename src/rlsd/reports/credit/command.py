@@ -2,7 +2,9 @@
 `DIR/credit.html`, `DIR/credit.png` and `DIR/credit.json`.
 
 `add_arguments` declares the options on any parser (so `rlsd.cli` can make it a
-subcommand), `run` does the work for parsed arguments, and `main(argv)` is both.
+subcommand), `run` does the work for parsed arguments, and `main(argv)` is both. A model
+whose config has a `vision_config` is loaded as a vision-language model with its processor
+(`load_model`); a task with images (`counting_visual`) defaults to the shipped tiny VLM.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ DESCRIPTION = "Per-token RLSD credit of sampled responses: an HTML page, a PNG a
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Declare `rlsd credit`'s options on `p`; returns `p`."""
-    p.add_argument("model", nargs="?", default="", help="model folder (default: shipped tiny)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        default="",
+        help="model folder (default: the shipped tiny model; for a task with images, the "
+        "shipped tiny vision-language model)",
+    )
     p.add_argument("--output", default="credit", help="output folder (default: ./credit)")
     p.add_argument("--task", default="arithmetic", help="built-in task (eval split) if no data")
     p.add_argument("--dataset_path", default=None, help="rows in rlsd's format (rlsd.data)")
@@ -66,18 +74,57 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def load_model(path: str) -> tuple[Any, Any]:
+    """(model, tokenizer or processor) of a local folder, in float32. A config with a
+    `vision_config` is a vision-language model: `AutoProcessor` and
+    `AutoModelForImageTextToText`, or `rlsd.models.tiny_vlm.load` when `AutoProcessor`
+    cannot build its processor. A `UserError` when the folder is missing or unloadable."""
+    import torch
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+    )
+
+    from rlsd.data import UserError
+
+    if not Path(path).exists():
+        raise UserError(
+            f"model folder {str(path)!r} does not exist. Give a local model folder "
+            "(nothing is downloaded: rlsd runs offline)."
+        )
+    try:
+        config = AutoConfig.from_pretrained(path)
+        if not hasattr(config, "vision_config"):
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer
+        try:
+            processor = AutoProcessor.from_pretrained(path)
+        except (OSError, ValueError, ImportError):  # e.g. an image processor it cannot pick
+            from rlsd.models import tiny_vlm
+
+            return tiny_vlm.load(path, dtype=torch.float32)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
+        return model, processor
+    except (OSError, ValueError) as error:  # no weights, tokenizer or config in the folder
+        raise UserError(
+            f"cannot load the model {path!r}: {str(error).splitlines()[0]}. Give a local model "
+            "folder (nothing is downloaded: rlsd runs offline)."
+        ) from error
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Write `args.output`/credit.{html,png,json}, print their paths; returns the paths and
     the summary."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rlsd.data import read_rows
+    from rlsd.data import UserError, read_rows
     from rlsd.models import DEFAULT_MODEL_PATH
     from rlsd.reports.credit.compute import compute_credit, summarize
     from rlsd.reports.credit.page import render_html
     from rlsd.reports.credit.picture import render_png
     from rlsd.tasks import get_task, make_rows
+    from rlsd.teacher import example_images
     from rlsd.verifiers import reward_funcs_for
 
     model_path = args.model or str(DEFAULT_MODEL_PATH)
@@ -88,6 +135,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         source = str(args.dataset_path)
     else:
         task = get_task(args.task)
+        if getattr(task, "has_images", False) and not args.model:
+            from rlsd.models.tiny_vlm import DEFAULT_VLM_PATH
+
+            model_path = str(DEFAULT_VLM_PATH)  # the shipped tiny vision-language model
         problems = task.problems("eval", args.num_problems, args.seed)
         rows = make_rows(problems, args.privileged)
         template = args.teacher_template or task.teacher_template
@@ -95,21 +146,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         source = f"{args.task} (eval split)"
     reward_fn = reward_funcs_for(rows, args.reward_funcs[:1])[0]
 
-    from rlsd.data import UserError
-
-    if not Path(model_path).exists():
+    model, tokenizer = load_model(model_path)
+    images = [example_images(row) for row in rows]
+    if any(images) and not hasattr(tokenizer, "image_processor"):
         raise UserError(
-            f"model folder {str(model_path)!r} does not exist. Give a local model folder "
-            "(nothing is downloaded: rlsd runs offline)."
+            f"{source} has images, but the model {model_path!r} is text-only (its config has no "
+            "`vision_config`): give a vision-language model folder, or data without images."
         )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    except OSError as error:  # no weights or tokenizer in the folder
-        raise UserError(
-            f"cannot load the model {model_path!r}: {error}. Give a local model folder "
-            "(nothing is downloaded: rlsd runs offline)."
-        ) from error
     records = compute_credit(
         model,
         tokenizer,
@@ -143,8 +186,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"html": out / "credit.html", "png": out / "credit.png", "json": out / "credit.json"}
-    paths["html"].write_text(render_html(records, meta), encoding="utf-8")
-    render_png(records, paths["png"], args.lam, args.eps_w, per_kind=args.png_samples)
+    # The images go into the page and the picture only, never into the JSON or the console.
+    shown = images if any(images) else None
+    paths["html"].write_text(render_html(records, meta, shown), encoding="utf-8")
+    render_png(records, paths["png"], args.lam, args.eps_w, per_kind=args.png_samples, images=shown)
     paths["json"].write_text(
         json.dumps({"meta": meta, "records": records}, indent=1) + "\n", encoding="utf-8"
     )

@@ -8,6 +8,11 @@ Simplifications, and why:
   sampled tokens, float32), not TRL's fused path; the sampling policy is the scored policy,
   so `logp_student` is the spec's rollout-time log-prob.
 - A `None` reward (an unscorable completion) becomes NaN, hence `A = 0`, as in the trainer.
+- Rows with images (TRL's `image` / `images` columns) need a vision-language model and its
+  processor as `tokenizer`. Sampling gets the processor's image tensors (the image token
+  suppressed, as TRL generates); the student and the teacher forward each get the image
+  fields of their own prompts, rendered once per response (`G` copies), so every model family
+  gets the layout its processor makes. The images never enter the records.
 """
 
 from __future__ import annotations
@@ -18,19 +23,62 @@ from typing import Any
 
 import torch
 
-from rlsd.evaluation import RewardFn, sample_completions, sampling_mode, score_completions
+from rlsd.evaluation import (
+    RewardFn,
+    prompt_batch,
+    sample_completions,
+    sampling_mode,
+    score_completions,
+)
 from rlsd.objectives import group_advantages, rlsd_stats, rlsd_token_advantages
-from rlsd.prompts import tokenize_prompts
-from rlsd.teacher import DEFAULT_TEACHER_TEMPLATE, privileged_text, teacher_input_ids
+from rlsd.teacher import (
+    DEFAULT_TEACHER_TEMPLATE,
+    example_images,
+    left_pad,
+    privileged_text,
+    teacher_prompt_batch,
+)
 
 W_LOG_CAP = 30.0  # raw w is stored as exp(min(x, 30)) so the JSON stays finite (as rlsd_stats)
 
 
+_TOKEN_TYPE_FIELDS = ("token_type_ids", "mm_token_type_ids")  # per token, like the ids
+
+
+def _forward_images(fields: dict[str, Any], T: int, device: torch.device) -> dict[str, Any]:
+    """A processor's image fields of `[B, P]` prompts as forward kwargs of `[B, P + T]` inputs:
+    `num_images` dropped, per-token fields left-padded like the ids (when lists) and extended
+    with zeros over the `T` response positions (as TRL does)."""
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key == "num_images":
+            continue
+        if key in _TOKEN_TYPE_FIELDS:
+            types = value if isinstance(value, torch.Tensor) else left_pad(value, 0)[0]
+            value = torch.cat([types, types.new_zeros((types.size(0), T))], dim=1)
+        out[key] = value.to(device) if isinstance(value, torch.Tensor) else value
+    return out
+
+
+def _image_token_ids(model) -> list[int]:
+    """The image placeholder token(s) a VLM's config names: sampling must never emit them (the
+    forward would then count more image tokens than images)."""
+    config = model.config
+    ids = {getattr(config, key, None) for key in ("image_token_id", "image_token_index")}
+    return sorted(i for i in ids if isinstance(i, int))
+
+
 def _sampled_logps(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, T: int, temperature: float
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    T: int,
+    temperature: float,
+    images: dict[str, Any] | None = None,
 ) -> torch.Tensor:
-    """`[B, T]` float32 log-probs of the last `T` ids of `input_ids` `[B, P + T]`."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    """`[B, T]` float32 log-probs of the last `T` ids of `input_ids` `[B, P + T]`; `images`:
+    the forward's image kwargs for these rows (`_forward_images`)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, **(images or {})).logits
     logits = logits[:, -T - 1 : -1].float()  # position P - 1 + t predicts completion token t
     if temperature > 0:
         logits = logits / temperature
@@ -75,20 +123,39 @@ def compute_credit(
     (`sign(A) * delta`), `w` (raw, capped at e^30), `w_clip`, `a_hat` and `credit`
     (`A_hat / A`, None when `A = 0`). Sampling is that of `rlsd.evaluation`, seeded with
     `seed`; `model` is left in its previous train/eval mode and the caller's RNG untouched.
+
+    Rows with images (an `image` or `images` column, chat prompts with image parts) need a
+    vision-language `model` and its processor as `tokenizer`; their records also say
+    `num_images` (0 for text rows). The images themselves are not in the records.
     """
+    with_images = [i for i, row in enumerate(rows) if example_images(row)]
+    if with_images and not hasattr(tokenizer, "image_processor"):
+        raise ValueError(
+            f"row {with_images[0]} has images, but {type(tokenizer).__name__} is a text "
+            "tokenizer: give a vision-language model with its processor (AutoProcessor)."
+        )
+    text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor's own tokenizer
     device = next(model.parameters()).device
     records: list[dict[str, Any]] = []
     with sampling_mode(model, seed):
         for row in rows:
-            prompt_ids = torch.tensor(tokenize_prompts(tokenizer, [row["prompt"]]), device=device)
+            images = example_images(row)
+            prompt_ids, prompt_mask, image_fields = prompt_batch(
+                tokenizer, [row["prompt"]], None if images is None else [images]
+            )
+            extra: dict[str, Any] = {}
+            if images:
+                extra["suppress_tokens"] = _image_token_ids(model)
             sampled = sample_completions(
                 model,
                 tokenizer,
-                prompt_ids,
-                torch.ones_like(prompt_ids),
+                prompt_ids.to(device),
+                prompt_mask.to(device),
                 group_size,
                 temperature,
                 max_new_tokens,
+                **{k: v.to(device) for k, v in image_fields.items()},
+                **extra,
             )
             completion_ids_GT, mask_GT = sampled.ids_NT, sampled.mask_NT
             P, T = prompt_ids.shape[1], completion_ids_GT.shape[1]
@@ -96,18 +163,40 @@ def compute_credit(
             rewards_G = [float("nan") if r is None else float(r) for r in scored]
             adv_G = group_advantages(rewards_G, group_size).to(device)
 
-            student_ids = torch.cat([prompt_ids.expand(group_size, -1), completion_ids_GT], 1)
-            student_mask = torch.cat([torch.ones_like(student_ids[:, :P]), mask_GT], 1)
-            logp_s_GT = _sampled_logps(model, student_ids, student_mask, T, temperature)
-            teacher_ids, teacher_mask = teacher_input_ids(
-                tokenizer,
-                [row] * group_size,
-                completion_ids_GT,
-                mask_GT,
-                teacher_template,
-                teacher_instruction,
+            # The student's forward: the prompt rendered G times, so the image fields are
+            # those of a G-row batch whatever the model family's layout.
+            group_images = None if images is None else [images] * group_size
+            student_prompt, _, student_fields = prompt_batch(
+                tokenizer, [row["prompt"]] * group_size, group_images
             )
-            logp_t_GT = _sampled_logps(model, teacher_ids, teacher_mask, T, temperature)
+            student_ids = torch.cat([student_prompt.to(device), completion_ids_GT], 1)
+            student_mask = torch.cat([torch.ones_like(student_ids[:, :P]), mask_GT], 1)
+            logp_s_GT = _sampled_logps(
+                model,
+                student_ids,
+                student_mask,
+                T,
+                temperature,
+                _forward_images(student_fields, T, device),
+            )
+            # The teacher's: the same images, its own prompt (the privileged text added), the
+            # sampled ids appended unchanged.
+            teacher_prompts, _, teacher_fields = teacher_prompt_batch(
+                tokenizer, [row] * group_size, teacher_template, teacher_instruction
+            )
+            teacher_prompt_ids, teacher_prompt_mask = left_pad(
+                teacher_prompts, text_tokenizer.pad_token_id
+            )
+            teacher_ids = torch.cat([teacher_prompt_ids.to(device), completion_ids_GT], 1)
+            teacher_mask = torch.cat([teacher_prompt_mask.to(device), mask_GT], 1)
+            logp_t_GT = _sampled_logps(
+                model,
+                teacher_ids,
+                teacher_mask,
+                T,
+                temperature,
+                _forward_images(teacher_fields, T, device),
+            )
             a_hat_GT = rlsd_token_advantages(
                 adv_G, logp_s_GT, logp_t_GT, mask_GT, lam, eps_w, negative_only
             )
@@ -122,7 +211,7 @@ def compute_credit(
                         "reward": _finite(rewards_G[g]),
                         "advantage": float(adv_G[g]),
                         "correct": bool(rewards_G[g] >= success_threshold),
-                        "tokens": [tokenizer.decode([i]) for i in ids],
+                        "tokens": [text_tokenizer.decode([i]) for i in ids],
                         "token_ids": ids,
                         **_token_credit(
                             float(adv_G[g]),
@@ -138,11 +227,12 @@ def compute_credit(
             records.append(
                 {
                     "index": len(records),
-                    "prompt": tokenizer.decode(prompt_ids[0], skip_special_tokens=True),
+                    "prompt": text_tokenizer.decode(prompt_ids[0], skip_special_tokens=True),
                     "privileged": _privileged_or_none(row),
-                    "teacher_prompt": tokenizer.decode(
+                    "teacher_prompt": text_tokenizer.decode(
                         teacher_ids[0, :teacher_prompt_len], skip_special_tokens=True
                     ),
+                    "num_images": len(images or []),
                     "answer": None if row.get("answer") is None else str(row.get("answer")),
                     "samples": samples,
                 }

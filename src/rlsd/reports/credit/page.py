@@ -4,6 +4,8 @@ Problems whose rewards are mixed come first (in their original order, keeping th
 numbers): only they have `A != 0`, hence credit to show. Problems whose group got equal
 rewards follow under their own heading, greyed. Every token is a `<span>` coloured by its
 relative credit `A_hat / A`, carrying its numbers as `data-*` attributes and a hover title.
+A problem with images shows them on its left, beside its prompt and its responses' credit,
+each embedded as a PNG data URI (`images`), so the page stays one file.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from rlsd.reports.credit.colors import (
     text_color,
 )
 from rlsd.reports.credit.compute import is_mixed, summarize
+from rlsd.reports.credit.images import data_uri, images_of, shrunk
 from rlsd.reports.credit.style import CSS
 
 _LEGEND_SWATCHES = 9
+_IMAGE_SIDE = 192  # CSS pixels: the longest side of a problem's image on the page
 
 
 def _fmt(x: float | None, spec: str = "+.3f") -> str:
@@ -103,7 +107,26 @@ def _legend(lam: float, eps_w: float) -> str:
     )
 
 
-def _problem_html(record: dict[str, Any], lam: float, eps_w: float) -> str:
+def _images_html(record: dict[str, Any], images: list[Any]) -> str:
+    """The problem's images, each scaled to `_IMAGE_SIDE` on its longest side (small ones
+    drawn pixel for pixel), as `<img>` elements with data URIs."""
+    figures = []
+    for k, image in enumerate(images):
+        width, height = shrunk(image).size
+        scale = _IMAGE_SIDE / max(width, height, 1)
+        pixelated = " pixelated" if scale > 1 else ""
+        figures.append(
+            f'<img class="problem-image{pixelated}" src="{data_uri(image)}" '
+            f'width="{round(width * scale)}" height="{round(height * scale)}" '
+            f'alt="image {k + 1} of problem {record["index"] + 1} ({width}x{height})">'
+        )
+    caption = f"image{'s' * (len(images) != 1)}: student and teacher see the same"
+    return f'<figure class="images">{"".join(figures)}<figcaption>{caption}</figcaption></figure>'
+
+
+def _problem_html(
+    record: dict[str, Any], lam: float, eps_w: float, images: list[Any] | None = None
+) -> str:
     esc = html.escape
     privileged = record["privileged"]
     shown_privileged = (
@@ -131,15 +154,25 @@ def _problem_html(record: dict[str, Any], lam: float, eps_w: float) -> str:
         )
         columns.append(f'<div class="col"><h3>{title} ({len(chosen)})</h3>{body}</div>')
     rewards = ", ".join(_fmt(s["reward"], ".2g") for s in record["samples"])
+    body = (
+        f'<div class="context">{prompt_box}{priv_box}</div>'
+        f'<div class="cols">{"".join(columns)}</div>'
+    )
+    if images:
+        body = f'<div class="with-images">{_images_html(record, images)}<div>{body}</div></div>'
     return (
         f'<section class="problem" id="problem-{record["index"]}">'
         f"<h2>Problem {record['index'] + 1}{answer} &middot; rewards [{esc(rewards)}]</h2>"
-        f'<div class="context">{prompt_box}{priv_box}</div>'
-        f'<div class="cols">{"".join(columns)}</div></section>'
+        f"{body}</section>"
     )
 
 
-def _problems_html(records: Sequence[dict[str, Any]], lam: float, eps_w: float) -> str:
+def _problems_html(
+    records: Sequence[dict[str, Any]],
+    lam: float,
+    eps_w: float,
+    images: Sequence[Sequence[Any] | None] | None = None,
+) -> str:
     """Mixed-reward problems first, then the equal-reward ones, each group under a heading."""
     mixed = [r for r in records if is_mixed(r)]
     equal = [r for r in records if not is_mixed(r)]
@@ -149,7 +182,8 @@ def _problems_html(records: Sequence[dict[str, Any]], lam: float, eps_w: float) 
     )
     return "".join(
         f'<h2 class="group" id="{anchor}">{len(chosen)} problem{"s" * (len(chosen) != 1)} with '
-        f"{title}</h2>" + "".join(_problem_html(r, lam, eps_w) for r in chosen)
+        f"{title}</h2>"
+        + "".join(_problem_html(r, lam, eps_w, images_of(images, r)) for r in chosen)
         for chosen, anchor, title in groups
         if chosen
     )
@@ -192,11 +226,17 @@ def _summary_rows(meta: dict[str, Any], summary: dict[str, Any]) -> list[tuple[s
     ]
 
 
-def render_html(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+def render_html(
+    records: Sequence[dict[str, Any]],
+    meta: dict[str, Any],
+    images: Sequence[Sequence[Any] | None] | None = None,
+) -> str:
     """The self-contained credit page (inline CSS, no script, no external resource).
 
     `meta` needs `lam` and `eps_w`; `model`, `task`, `group_size`, `temperature`, `seed` and
-    a `summary` (from `summarize`) are shown when present."""
+    a `summary` (from `summarize`) are shown when present. `images`: each row's images (PIL
+    images or paths, a list or None per row, in the rows' order as `compute_credit` got
+    them), shown beside their problem as embedded PNGs."""
     esc = html.escape
     lam, eps_w = float(meta["lam"]), float(meta["eps_w"])
     summary = meta.get("summary") or summarize(records, lam, eps_w)
@@ -223,6 +263,6 @@ def render_html(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
         'training uses)</label><label for="view-raw">sign(A)&middot;delta (unclipped '
         "evidence)</label></div></header>"
         f"{_legend(lam, eps_w)}"
-        f"<main>{_problems_html(records, lam, eps_w)}</main>"
+        f"<main>{_problems_html(records, lam, eps_w, images)}</main>"
         "</body></html>\n"
     )

@@ -1,5 +1,6 @@
 """The credit picture: a few responses as rows of token boxes, coloured as on the page, with
-a colourbar; small enough for a README.
+a colourbar; small enough for a README. A response to a problem with an image has the image
+drawn on its left, beside its tokens (pixel for pixel, nearest-neighbour scaled).
 
 Drawn on a bare `matplotlib.figure.Figure` (no `pyplot`), so rendering it neither switches
 the caller's matplotlib backend nor keeps a figure open.
@@ -12,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from rlsd.reports.credit.colors import STOPS, credit_color, text_color
+from rlsd.reports.credit.images import images_of, shrunk
 
 _SHOWN = {"\n": "\u21b5", " ": "\u00b7"}  # newline and space, made visible
+_LINE = 0.34  # inches: one row of token boxes
+_IMAGE_LINES = 3  # rows: a response shown with its image is at least this high
 
 
 def _pick(records: Sequence[dict[str, Any]], per_kind: int) -> list[tuple[dict, dict]]:
@@ -49,9 +53,13 @@ def render_png(
     eps_w: float = 0.2,
     per_kind: int = 2,
     wrap: int = 48,
+    images: Sequence[Sequence[Any] | None] | None = None,
 ) -> Path:
     """A few responses (`per_kind` correct, `per_kind` incorrect) as rows of coloured token
-    boxes, `wrap` tokens a row, coloured as on the page, with a colourbar. Returns the path."""
+    boxes, `wrap` tokens a row, coloured as on the page, with a colourbar. Returns the path.
+
+    `images`: each row's images, as for `render_html`; a response's first image is drawn on
+    the left of its rows, which are then at least `_IMAGE_LINES` high."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LinearSegmentedColormap, Normalize
     from matplotlib.figure import Figure
@@ -60,7 +68,9 @@ def render_png(
     path = Path(path)
     picked = _pick(records, per_kind)
     lines: list[tuple[str, list[tuple[str, str]]]] = []  # (label, [(token, colour)])
+    pictures: list[tuple[int, Any]] = []  # (first line, image) of each response
     for record, s in picked:
+        first_line, shown_images = len(lines), images_of(images, record)
         toks = [
             (tok, credit_color(c, lam, eps_w))
             for tok, c in zip(s["tokens"], s["credit"], strict=True)
@@ -69,12 +79,24 @@ def render_png(
         label = f"P{record['index'] + 1} {mark}\nA={s['advantage']:+.2f}"
         for k in range(0, max(1, len(toks)), wrap):
             lines.append((label if k == 0 else "", toks[k : k + wrap]))
+        if shown_images:  # blank rows up to the image's height
+            lines.extend(("", []) for _ in range(_IMAGE_LINES - (len(lines) - first_line)))
+            pictures.append((first_line, shown_images[0]))
     n_lines, n_cols = max(1, len(lines)), max([1] + [len(toks) for _, toks in lines])
     box, left, right, top, bottom = 0.26, 1.3, 0.3, 0.75, 0.95  # inches
+    image_column = _LINE * _IMAGE_LINES if pictures else 0.0
+    left += image_column
     fig_w = max(7.5, left + right + box * n_cols)
-    fig_h = top + bottom + 0.34 * n_lines
+    fig_h = top + bottom + _LINE * n_lines
     fig = Figure(figsize=(fig_w, fig_h))
-    ax = fig.add_axes((left / fig_w, bottom / fig_h, box * n_cols / fig_w, 0.34 * n_lines / fig_h))
+    ax = fig.add_axes((left / fig_w, bottom / fig_h, box * n_cols / fig_w, _LINE * n_lines / fig_h))
+    for first_line, image in pictures:  # in the left margin, top-aligned with the tokens
+        side = image_column - 0.06
+        y_top = bottom + _LINE * (n_lines - first_line) - 0.03  # inches from the bottom
+        image_ax = fig.add_axes((0.1 / fig_w, (y_top - side) / fig_h, side / fig_w, side / fig_h))
+        image_ax.imshow(shrunk(image), interpolation="nearest")
+        image_ax.set_xticks([])
+        image_ax.set_yticks([])
     ax.set_xlim(0, n_cols)
     ax.set_ylim(n_lines, 0)
     ax.axis("off")
@@ -84,6 +106,8 @@ def render_png(
         for x, (tok, color) in enumerate(toks):
             ax.add_patch(Rectangle((x, y + 0.06), 0.94, 0.88, facecolor=color, edgecolor="none"))
             shown = _SHOWN.get(tok, tok)
+            if not shown.isprintable():  # control characters have no glyph
+                shown = "\u25a1"
             if len(shown) > 2:  # special tokens such as <eos>
                 shown = shown.strip("<>")[:3]
             ax.text(
@@ -99,9 +123,12 @@ def render_png(
     if picked:
         first = picked[0][0]
         priv = first["privileged"] or "(teacher prompt)"
+        context = f"student: {' '.join(first['prompt'].split())}   teacher only: {priv}"
+        fits = int(fig_w / 0.078)  # characters of 9-point monospace across the figure
+        if len(context) > fits:
+            context = context[: fits - 3] + "..."
         fig.suptitle(
-            f"RLSD relative credit A_hat/A per token (lambda={lam:g}, eps_w={eps_w:g})\n"
-            f"student: {first['prompt']}   teacher only: {priv}"[:200],
+            f"RLSD relative credit A_hat/A per token (lambda={lam:g}, eps_w={eps_w:g})\n" + context,
             fontsize=9,
             family="monospace",
             y=1 - 0.08 / fig_h,

@@ -40,5 +40,11 @@ border:1px solid #bbb;border-radius:12px;color:#555}
 .special{font-size:.7em;vertical-align:middle;opacity:.85}
 .empty{color:#888;font-size:.85em;font-style:italic}
 details{font-size:.85em;margin-top:4px}
+.with-images{display:flex;gap:14px;align-items:flex-start}
+.with-images>div{flex:1 1 0;min-width:0}
+.images{flex:none;margin:0;display:flex;flex-direction:column;gap:6px;max-width:200px}
+.problem-image{border:1px solid #bbb;background:#fff;max-width:192px;height:auto}
+.problem-image.pixelated{image-rendering:pixelated}
+.images figcaption{font-size:.75em;color:#555}
 .group{font-size:.95em;color:#444;margin:22px 0 0;padding-bottom:4px;border-bottom:1px solid #ccc}
 """
