@@ -210,6 +210,41 @@ def test_cli_with_a_vlm_folder(vlm_path, tmp_path, capsys):
         assert "base64" not in text and "data:image" not in text
 
 
+def test_cli_with_image_paths_one_and_two_per_row(vlm_path, rows, tmp_path):
+    """A JSONL dataset whose rows name image files, one image in the first row and two in the
+    second: both reach the model and the page, and the JSON keeps neither the pixels nor the
+    page's data."""
+    rows = [dict(row) for row in rows[:2]]
+    for i, row in enumerate(rows):
+        row.pop("image").save(tmp_path / f"img{i}.png")
+    rows[0]["image"] = str(tmp_path / "img0.png")
+    question = rows[1]["prompt"][0]["content"][1]["text"]
+    rows[1]["prompt"] = [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": question}],
+        }
+    ]
+    rows[1]["images"] = [str(tmp_path / "img1.png"), str(tmp_path / "img0.png")]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    main(
+        [vlm_path, "--dataset_path", str(data), "--output", str(out)]
+        + ["--group_size", "2", "--max_new_tokens", "6"]
+    )
+    records = json.loads((out / "credit.json").read_text())["records"]
+    assert [r["num_images"] for r in records] == [1, 2]
+    page = (out / "credit.html").read_text()
+    alts = re.findall(r'<img class="problem-image[^>]*alt="([^"]*)"', page)
+    assert alts == [
+        "image 1 of problem 1 (48x48)",
+        "image 1 of problem 2 (48x48)",
+        "image 2 of problem 2 (48x48)",
+    ]
+    assert str(tmp_path) not in page.split("</header>")[1]  # embedded, not linked
+
+
 def test_cli_defaults_to_the_shipped_vlm_for_a_visual_task(vlm_path, tmp_path, monkeypatch):
     monkeypatch.setattr(tiny_vlm, "DEFAULT_VLM_PATH", vlm_path)
     main(
