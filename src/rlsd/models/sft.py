@@ -12,6 +12,11 @@ teacher's (with the reference) has reached `teacher_target`, or at `max_steps`.
 
 A plain PyTorch loop (not TRL's SFTTrainer): the model is tiny, the loop is 30 lines, and it
 runs in a few CPU minutes. The loss is on the solution tokens and the final EOS only.
+
+A task with images (`counting_visual`) warm-starts the tiny vision-language model instead
+(`run_vlm_sft`, which `run_sft` calls for it): the same recipe, with the examples going
+through the `LlavaProcessor` (the image in both formats; the self-teacher's prompt is the one
+`rlsd.teacher.teacher_prompt` builds, the image part first and then the filled template).
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ from pathlib import Path
 
 import torch
 
-from rlsd.evaluation import evaluate
+from rlsd.evaluation import evaluate, score_completions
+from rlsd.models import tiny_vlm
 from rlsd.models.tiny import build_model, build_tokenizer
-from rlsd.tasks import get_task, make_rows
-from rlsd.teacher import fill_template
+from rlsd.tasks import Task, get_task, make_rows
+from rlsd.teacher import fill_template, teacher_prompt
 from rlsd.verifiers import reward_funcs_for
 
 
@@ -89,7 +95,10 @@ def _batch(examples, pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def run_sft(args: SFTArgs, log=print) -> dict:
-    """Train from scratch until `target_accuracy`; save an HF model folder; return a summary."""
+    """Train from scratch until `target_accuracy`; save an HF model folder; return a summary.
+    A task with images trains the tiny vision-language model (`run_vlm_sft`)."""
+    if get_task(args.task).has_images:
+        return run_vlm_sft(args, log)
     torch.manual_seed(args.seed)
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, max_positions=args.max_positions, seed=args.seed)
@@ -165,4 +174,129 @@ def run_sft(args: SFTArgs, log=print) -> dict:
         "history": history,
     }
     (out / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+# --------------------------------------------------------------- vision-language (images)
+def _vlm_teacher_row(task: Task, row: dict, privileged: str) -> dict:
+    """`row` prompted as the self-teacher sees it (image part, then the filled template)."""
+    return {**row, "prompt": teacher_prompt(row, task.teacher_template, privileged=privileged)}
+
+
+def vlm_batch(processor, rows: list[dict], targets: list[str]) -> dict[str, torch.Tensor]:
+    """The processor's inputs for `rows` (prompt + image) followed by `targets` and the EOS,
+    left-padded, with `labels` on the target tokens and the EOS only."""
+    tokenizer = processor.tokenizer
+    prompts = processor.apply_chat_template(
+        [row["prompt"] for row in rows], add_generation_prompt=True, tokenize=False
+    )
+    ends = [t + tokenizer.eos_token for t in targets]
+    batch = processor(
+        images=[[row["image"]] for row in rows],
+        text=[p + e for p, e in zip(prompts, ends, strict=True)],
+        return_tensors="pt",
+        padding=True,
+    )
+    labels = torch.full_like(batch["input_ids"], -100)
+    for i, end in enumerate(ends):  # left padding: each target is the last tokens of its row
+        n = len(tokenizer(end, add_special_tokens=False)["input_ids"])
+        labels[i, -n:] = batch["input_ids"][i, -n:]
+    batch["labels"] = labels
+    return dict(batch)
+
+
+def vlm_accuracy(
+    model, processor, rows: list[dict], reward_fn, max_new_tokens: int, greedy: bool, seed: int
+) -> float:
+    """Mean reward >= 1 of one completion per row (sampled at temperature 1, or greedy)."""
+    texts = tiny_vlm.generate(
+        model,
+        processor,
+        rows,
+        temperature=0.0 if greedy else 1.0,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+    )
+    rewards = score_completions(reward_fn, rows, texts)
+    return sum(r[0] is not None and r[0] >= 1.0 for r in rewards) / max(1, len(rows))
+
+
+def run_vlm_sft(args: SFTArgs, log=print) -> dict:
+    """`run_sft` for a task with images: warm-start `rlsd.models.tiny_vlm` from scratch.
+
+    Each example is a training problem in the student's format or (`teacher_fraction`) the
+    self-teacher's, whose reference is the worked solution or, one time in five, the final
+    answer only; the target is the worked solution. Stops at the first evaluation where the
+    student's sampled accuracy has reached `target_accuracy` and the teacher's (with the
+    worked solution) `teacher_target`, or at `max_steps`."""
+    torch.manual_seed(args.seed)
+    task = get_task(args.task)
+    processor = tiny_vlm.build_processor()
+    model = tiny_vlm.build_model(processor, seed=args.seed)  # 512 positions (max_positions: text)
+    train_rows = make_rows(task.problems("train", args.num_train, args.seed))
+    eval_rows = make_rows(task.problems("eval", args.num_eval, args.seed))
+    teacher_rows = [  # the same problems, prompted as the self-teacher sees them
+        _vlm_teacher_row(task, row, row["privileged_context"])
+        for row in eval_rows[: max(1, args.num_eval // 2)]
+    ]
+    reward_fn = reward_funcs_for(eval_rows, ["exact"])[0]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0)
+    rng = random.Random(args.seed + 1)
+    history: list[dict] = []
+    started, accuracy, teacher_accuracy, step = time.time(), 0.0, 0.0, 0
+    model.train()
+    for step in range(1, args.max_steps + 1):
+        rows, targets = [], []
+        for i in rng.sample(range(len(train_rows)), args.batch_size):
+            row = train_rows[i]
+            solution = row["privileged_context"]
+            if rng.random() < args.teacher_fraction:
+                reference = solution if rng.random() < 0.8 else f"A:{row['answer']}"
+                row = _vlm_teacher_row(task, row, reference)
+            rows.append(row)
+            targets.append(solution)
+        loss = model(**vlm_batch(processor, rows, targets)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % args.eval_every == 0 or step == args.max_steps:
+            accuracy, teacher_accuracy = (
+                vlm_accuracy(
+                    model, processor, r, reward_fn, task.max_completion_length, False, args.seed
+                )
+                for r in (eval_rows, teacher_rows)
+            )
+            history.append(
+                {
+                    "step": step,
+                    "loss": loss.item(),
+                    "accuracy": accuracy,
+                    "teacher_accuracy": teacher_accuracy,
+                    "seconds": round(time.time() - started, 1),
+                }
+            )
+            log(
+                f"sft step {step}: loss {loss.item():.3f} sampled accuracy {accuracy:.3f} "
+                f"(teacher with the reference {teacher_accuracy:.3f}) "
+                f"{time.time() - started:.0f}s"
+            )
+            if accuracy >= args.target_accuracy and teacher_accuracy >= args.teacher_target:
+                break
+    model.eval()
+    seconds = round(time.time() - started, 1)
+    greedy = vlm_accuracy(
+        model, processor, eval_rows, reward_fn, task.max_completion_length, True, args.seed
+    )
+    tiny_vlm.save(model, processor, args.output_dir)
+    summary = {
+        "args": asdict(args),
+        "steps": step,
+        "sampled_accuracy": accuracy,
+        "greedy_accuracy": greedy,
+        "teacher_accuracy": teacher_accuracy,
+        "seconds": seconds,
+        "history": history,
+    }
+    (Path(args.output_dir) / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

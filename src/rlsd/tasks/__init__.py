@@ -9,11 +9,14 @@ Every task produces rows in rlsd's dataset format (see `rlsd.data`):
 
 The tasks are sized for the tiny shipped model: they need several written steps, so credit
 assignment matters, while staying learnable by a 1M-parameter character-level model on a CPU.
+`counting_visual` adds an `image` column (a PIL image) and an image part to the prompt (TRL's
+vision-language conventions); its model is `rlsd.models.tiny_vlm`.
 """
 
 from __future__ import annotations
 
 from rlsd.tasks.base import Problem, Task, make_rows
+from rlsd.tasks.counting_visual import CountingVisualTask
 from rlsd.tasks.sql import SqlTask
 from rlsd.tasks.tasks import ArithmeticTask, CountingTask, MixedTask, PathsTask
 
@@ -23,11 +26,13 @@ TASKS: dict[str, type[Task]] = {
     "paths": PathsTask,
     "mixed": MixedTask,
     "sql": SqlTask,  # text-to-SQL over the shipped database; rules in its documents
+    "counting_visual": CountingVisualTask,  # images: needs a vision-language model
 }
 
 
 def get_task(name: str) -> Task:
-    """Return a built-in task by name (`arithmetic`, `counting`, `paths` or `mixed`)."""
+    """Return a built-in task by name (`arithmetic`, `counting`, `paths`, `mixed` or
+    `counting_visual`)."""
     if name not in TASKS:
         raise ValueError(f"Unknown built-in task {name!r}; choose one of {sorted(TASKS)}.")
     return TASKS[name]()

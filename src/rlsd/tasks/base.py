@@ -24,6 +24,10 @@ class Problem:
     question: str  # what the student sees, e.g. "Q:7+3-5+8="
     solution: str  # the worked reference solution, ending with "A:<answer>"
     answer: str
+    # The picture the question is about (a PIL image), for visual tasks: the row gets an
+    # `image` column and the prompt an image part before the question, as TRL's VLM path
+    # expects. None for text tasks.
+    image: Any = None
     # More columns of the problem's row, e.g. the `sql` task's `database` and `verifier`.
     columns: dict[str, Any] = field(default_factory=dict, hash=False)
 
@@ -34,10 +38,16 @@ class Task(ABC):
     name: str = "task"
     max_completion_length: int = 40
     teacher_template: str = TASK_TEACHER_TEMPLATE
+    has_images: bool = False  # rows carry an `image` column: a vision-language model is needed
 
     @abstractmethod
     def sample(self, rng: random.Random) -> Problem:
         """Draw one problem."""
+
+    def key(self, problem: Problem) -> str:
+        """What makes two problems the same (for distinct draws and the held-out split): the
+        question; a visual task, whose question text repeats, adds what it drew."""
+        return problem.question
 
     def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
         """`n` distinct problems of `split` ("train" or "eval"), deterministic in `seed`."""
@@ -45,7 +55,7 @@ class Task(ABC):
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
         held_out: set[str] = set()
         if split == "train":
-            held_out = {p.question for p in self.problems("eval", 1000, seed)}
+            held_out = {self.key(p) for p in self.problems("eval", 1000, seed)}
         rng = random.Random(seed * 7919 + _SPLIT_OFFSET[split])
         out: list[Problem] = []
         seen: set[str] = set()
@@ -55,23 +65,33 @@ class Task(ABC):
             if attempts > 50 * n + 10_000:
                 raise ValueError(f"{self.name}: cannot draw {n} distinct problems for {split!r}")
             p = self.sample(rng)
-            if p.question in seen or p.question in held_out:
+            key = self.key(p)
+            if key in seen or key in held_out:
                 continue
-            seen.add(p.question)
+            seen.add(key)
             out.append(p)
         return out
 
 
 def make_rows(problems: list[Problem], privileged: str = "solution") -> list[dict]:
-    """Dataset rows for `problems`; `privileged` is "solution" (default) or "answer"."""
+    """Dataset rows for `problems`; `privileged` is "solution" (default) or "answer".
+
+    A problem with an image gets TRL's VLM row: an `image` column and the prompt's content as
+    parts, `[{"type": "image"}, {"type": "text", "text": question}]`."""
     if privileged not in ("solution", "answer"):
         raise ValueError(f"privileged must be 'solution' or 'answer', got {privileged!r}")
-    return [
-        {
-            "prompt": [{"role": "user", "content": p.question}],
+    rows = []
+    for p in problems:
+        content: Any = p.question
+        if p.image is not None:
+            content = [{"type": "image"}, {"type": "text", "text": p.question}]
+        row = {
+            "prompt": [{"role": "user", "content": content}],
             "answer": p.answer,
             "privileged_context": p.solution if privileged == "solution" else f"A:{p.answer}",
-            **p.columns,
         }
-        for p in problems
-    ]
+        if p.image is not None:
+            row["image"] = p.image
+        row.update(p.columns)
+        rows.append(row)
+    return rows
