@@ -310,6 +310,9 @@ def train_main(argv: list[str]) -> dict:
             raise UserError(str(e)) from e
         if config.teacher_template == DEFAULT_TEACHER_TEMPLATE:  # the task's compact format
             config.teacher_template = task.teacher_template
+        given = any(a.startswith("--max_completion_length") for a in argv)
+        if not given and config.max_completion_length == CPU_DEFAULTS["max_completion_length"]:
+            config.max_completion_length = task.max_completion_length  # room for its solutions
     else:
         train_rows = read_rows(script.dataset_path)
         eval_rows = read_rows(script.eval_dataset_path) if script.eval_dataset_path else []
@@ -412,7 +415,12 @@ def eval_parser() -> argparse.ArgumentParser:
         "--num_samples", type=int, default=8, help="samples per problem (pass@k, k <= this)"
     )
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    parser.add_argument("--max_new_tokens", type=int, default=40, help="completion length")
+    parser.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=None,
+        help="completion length (default: the task's, 40 for the text tasks; 40 for a dataset)",
+    )
     parser.add_argument(
         "--reward_funcs", nargs="+", default=["exact"], help="verifier (the first is scored)"
     )
@@ -429,13 +437,20 @@ def eval_main(argv: list[str]) -> dict:
     from rlsd.tasks import get_task, make_rows
 
     path = args.model or str(DEFAULT_MODEL_PATH)
+    max_new_tokens = args.max_new_tokens or 40
     if args.dataset_path:
         rows = read_rows(args.dataset_path)
     else:
         try:
-            rows = make_rows(get_task(args.task).problems("eval", args.num_eval, args.seed))
+            task = get_task(args.task)
+            rows = make_rows(task.problems("eval", args.num_eval, args.seed))
         except ValueError as e:  # an unknown task
             raise UserError(str(e)) from e
+        max_new_tokens = args.max_new_tokens or task.max_completion_length
+        if getattr(task, "has_images", False) and not args.model:
+            from rlsd.models.tiny_vlm import DEFAULT_VLM_PATH
+
+            path = str(DEFAULT_VLM_PATH)
     reward_fn = _reward_funcs(rows, args.reward_funcs[:1])[0]
     tokenizer, model = _load_model(path)
     ks = tuple(k for k in (1, 2, 4, 8, 16, 32) if k <= args.num_samples)
@@ -446,7 +461,7 @@ def eval_main(argv: list[str]) -> dict:
         reward_fn,
         num_samples=args.num_samples,
         temperature=args.temperature,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=max_new_tokens,
         ks=ks,
         seed=args.seed,
     )
