@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from rlsd.evaluation import evaluate, score_completions
+from rlsd.evaluation import evaluate
 from rlsd.models import tiny_vlm
 from rlsd.models.tiny import build_model, build_tokenizer
 from rlsd.tasks import Task, get_task, make_rows
@@ -205,22 +205,6 @@ def vlm_batch(processor, rows: list[dict], targets: list[str]) -> dict[str, torc
     return dict(batch)
 
 
-def vlm_accuracy(
-    model, processor, rows: list[dict], reward_fn, max_new_tokens: int, greedy: bool, seed: int
-) -> float:
-    """Mean reward >= 1 of one completion per row (sampled at temperature 1, or greedy)."""
-    texts = tiny_vlm.generate(
-        model,
-        processor,
-        rows,
-        temperature=0.0 if greedy else 1.0,
-        max_new_tokens=max_new_tokens,
-        seed=seed,
-    )
-    rewards = score_completions(reward_fn, rows, texts)
-    return sum(r[0] is not None and r[0] >= 1.0 for r in rewards) / max(1, len(rows))
-
-
 def run_vlm_sft(args: SFTArgs, log=print) -> dict:
     """`run_sft` for a task with images: warm-start `rlsd.models.tiny_vlm` from scratch.
 
@@ -262,10 +246,16 @@ def run_vlm_sft(args: SFTArgs, log=print) -> dict:
         optimizer.zero_grad(set_to_none=True)
         if step % args.eval_every == 0 or step == args.max_steps:
             accuracy, teacher_accuracy = (
-                vlm_accuracy(
-                    model, processor, r, reward_fn, task.max_completion_length, False, args.seed
-                )
-                for r in (eval_rows, teacher_rows)
+                evaluate(
+                    model,
+                    processor,
+                    split_rows,
+                    reward_fn,
+                    max_new_tokens=task.max_completion_length,
+                    greedy=False,
+                    seed=args.seed,
+                )["accuracy"]
+                for split_rows in (eval_rows, teacher_rows)
             )
             history.append(
                 {
@@ -285,9 +275,14 @@ def run_vlm_sft(args: SFTArgs, log=print) -> dict:
                 break
     model.eval()
     seconds = round(time.time() - started, 1)
-    greedy = vlm_accuracy(
-        model, processor, eval_rows, reward_fn, task.max_completion_length, True, args.seed
-    )
+    greedy = evaluate(  # its sampled half repeats the last evaluation's (same seed)
+        model,
+        processor,
+        eval_rows,
+        reward_fn,
+        max_new_tokens=task.max_completion_length,
+        seed=args.seed,
+    )["greedy_accuracy"]
     tiny_vlm.save(model, processor, args.output_dir)
     summary = {
         "args": asdict(args),
