@@ -370,7 +370,7 @@ def _response_batches(
     batch_size: int,
     autocast,
     timings: dict[str, float] | None = None,
-) -> Iterator[tuple[dict[str, Any], int]] | None:
+) -> Iterator[dict[str, Any]] | None:
     """Model inputs scoring the responses from the shared prefix cache, one chunk at a time.
 
     Each row's input is its prompt's last token followed by the response, with the prompt's
@@ -389,8 +389,7 @@ def _response_batches(
             rows = row_to_prefix[start : start + batch_size]
             ids = torch.cat([unique_ids[rows, -1:], completion_ids[start : start + batch_size]], 1)
             mask = torch.cat([unique_mask[rows], completion_mask[start : start + batch_size]], 1)
-            inputs = {"input_ids": ids, "attention_mask": mask, kwarg: _select_rows(cache, rows)}
-            yield inputs, start
+            yield {"input_ids": ids, "attention_mask": mask, kwarg: _select_rows(cache, rows)}
 
     return batches()
 
@@ -398,6 +397,40 @@ def _response_batches(
 def _add_time(timings: dict[str, float] | None, key: str, start: float) -> None:
     if timings is not None:
         timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
+
+
+def _score_responses(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    batch_size: int | None,
+    autocast,
+    timings: dict[str, float] | None,
+    score: Callable[[dict[str, Any]], torch.Tensor],
+) -> torch.Tensor | None:
+    """`score(inputs)` of every response chunk from the shared prefix cache, concatenated;
+    None where sharing cannot apply."""
+    batches = _response_batches(
+        model,
+        prompt_ids,
+        prompt_mask,
+        completion_ids,
+        completion_mask,
+        batch_size or completion_ids.size(0),
+        autocast,
+        timings,
+    )
+    if batches is None:
+        return None
+    start = time.perf_counter()
+    out = []
+    for inputs in batches:
+        with autocast():
+            out.append(score(inputs))
+    _add_time(timings, "teacher_responses", start)
+    return torch.cat(out, dim=0)
 
 
 @torch.no_grad()
@@ -420,28 +453,23 @@ def shared_prefix_logps(
     caller then runs the full forward). `timings` (optional) accumulates the seconds spent
     encoding prompts (`teacher_prefix`) and scoring responses (`teacher_responses`)."""
     T = completion_ids.size(1)
-    batches = _response_batches(
+
+    def score(inputs: dict[str, Any]) -> torch.Tensor:
+        labels = inputs["input_ids"].masked_fill(inputs["attention_mask"][:, -T - 1 :] == 0, -100)
+        labels[:, 0] = -100  # the prompt's last token is context, not a scored token
+        return model(**inputs, labels=labels, fused_lm_head=True).log_probs[:, -T:]
+
+    return _score_responses(
         model,
         prompt_ids,
         prompt_mask,
         completion_ids,
         completion_mask,
-        batch_size or completion_ids.size(0),
+        batch_size,
         autocast,
         timings,
+        score,
     )
-    if batches is None:
-        return None
-    start = time.perf_counter()
-    out = []
-    for inputs, _ in batches:
-        labels = inputs["input_ids"].masked_fill(inputs["attention_mask"][:, -T - 1 :] == 0, -100)
-        labels[:, 0] = -100  # the prompt's last token is context, not a scored token
-        with autocast():
-            result = model(**inputs, labels=labels, fused_lm_head=True)
-        out.append(result.log_probs[:, -T:])
-    _add_time(timings, "teacher_responses", start)
-    return torch.cat(out, dim=0)
 
 
 @torch.no_grad()
@@ -459,25 +487,17 @@ def shared_prefix_logits(
     scoring every distinct prompt once; None where sharing cannot apply. For the
     full-vocabulary divergences of OPSD / OPD."""
     T = completion_ids.size(1)
-    batches = _response_batches(
+    return _score_responses(
         model,
         prompt_ids,
         prompt_mask,
         completion_ids,
         completion_mask,
-        batch_size or completion_ids.size(0),
+        batch_size,
         autocast,
         timings,
+        lambda inputs: model(**inputs).logits[:, :T],
     )
-    if batches is None:
-        return None
-    start = time.perf_counter()
-    out = []
-    for inputs, _ in batches:
-        with autocast():
-            out.append(model(**inputs).logits[:, :T])
-    _add_time(timings, "teacher_responses", start)
-    return torch.cat(out, dim=0)
 
 
 # ------------------------------------------------------------------------------- weights
