@@ -54,6 +54,30 @@ class SFTArgs:
     max_positions: int = 256  # the sql task's self-teacher needs about 400: use 512
 
 
+def _optimizer_step(model, optimizer, loss) -> None:
+    """Backward, clip the gradient norm at 1.0, step, clear the gradients."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _sampled_accuracies(model, processing_class, splits, reward_fn, task, seed) -> list[float]:
+    """Sampled accuracy (one seeded sample per problem) on each split of rows."""
+    return [
+        evaluate(
+            model,
+            processing_class,
+            rows,
+            reward_fn,
+            max_new_tokens=task.max_completion_length,
+            greedy=False,
+            seed=seed,
+        )["accuracy"]
+        for rows in splits
+    ]
+
+
 def _example(tokenizer, prompt_text: str, target: str) -> tuple[list[int], list[int]]:
     prompt_ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": prompt_text}], add_generation_prompt=True, tokenize=True
@@ -129,22 +153,10 @@ def run_sft(args: SFTArgs, log=print) -> dict:
     for step in range(1, args.max_steps + 1):
         batch = _batch(rng.sample(examples, args.batch_size), tokenizer.pad_token_id)
         loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        _optimizer_step(model, optimizer, loss)
         if step % args.eval_every == 0 or step == args.max_steps:
-            accuracy, teacher_accuracy = (
-                evaluate(
-                    model,
-                    tokenizer,
-                    rows,
-                    reward_fn,
-                    max_new_tokens=task.max_completion_length,
-                    greedy=False,
-                    seed=args.seed,
-                )["accuracy"]
-                for rows in (eval_rows, teacher_rows)
+            accuracy, teacher_accuracy = _sampled_accuracies(
+                model, tokenizer, (eval_rows, teacher_rows), reward_fn, task, args.seed
             )
             history.append(
                 {
@@ -240,22 +252,10 @@ def run_vlm_sft(args: SFTArgs, log=print) -> dict:
             rows.append(row)
             targets.append(solution)
         loss = model(**vlm_batch(processor, rows, targets)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        _optimizer_step(model, optimizer, loss)
         if step % args.eval_every == 0 or step == args.max_steps:
-            accuracy, teacher_accuracy = (
-                evaluate(
-                    model,
-                    processor,
-                    split_rows,
-                    reward_fn,
-                    max_new_tokens=task.max_completion_length,
-                    greedy=False,
-                    seed=args.seed,
-                )["accuracy"]
-                for split_rows in (eval_rows, teacher_rows)
+            accuracy, teacher_accuracy = _sampled_accuracies(
+                model, processor, (eval_rows, teacher_rows), reward_fn, task, args.seed
             )
             history.append(
                 {
