@@ -1,0 +1,286 @@
+"""SmolLM2-135M-Instruct on the built-in text-to-SQL task: GRPO against RLSD, held-out
+execution accuracy before and after. Measured, never asserted.
+
+What a user with their own data would do, through the public CLI only:
+
+1. `data`: `train.jsonl` and `eval.jsonl` from `rlsd.tasks.sql.SqlTask`, re-worded for a
+   pretrained chat model: a system instruction, the schema as CREATE TABLE statements whose
+   comments carry the data dictionary's column meanings (never the glossary's rules: the
+   student is not told what *active*, *net*, *fiscal year* or the regions mean), and the
+   question in plain English, built from the task's template and parameters. The held-out
+   file is the task's eval split (`SqlTask.is_held_out`). `answer` and `privileged_context`
+   are the gold SQL; `database` is the absolute path of `sales.db`; `verifier` is `sql`.
+   `--tier single` keeps the single-table templates only (`active`, `revenue`).
+2. `probe`: `rlsd eval` of the base model on the held-out file (sampled and greedy).
+3. `train`: `rlsd train --algorithm grpo|rlsd` per (algorithm, seed); the self-teacher's
+   privileged context is the gold SQL plus the business documents BM25 retrieves
+   (`--context_docs`, `--context_budget`). Each run's wall time goes to `timing.json`.
+4. `report`: `results.md`, the table and every command that was run (`commands.txt`).
+
+`all` does the four in order. Everything lands in `runs/sql-smollm2/` (git-ignored).
+
+    OMP_NUM_THREADS=1 python benchmarks/sql_smollm2.py all
+    OMP_NUM_THREADS=1 python benchmarks/sql_smollm2.py train --algorithms grpo --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rlsd.tasks.sql import DB_PATH, DOCS_DIR, SqlTask
+
+OUT = Path("runs/sql-smollm2")
+
+SYSTEM = (
+    "You write SQLite queries for the company's sales warehouse. Answer the question with "
+    "one query that returns the requested number. Reply with one query in a ```sql block."
+)
+
+# The data dictionary's column meanings (sql_data/docs/data_dictionary.md), as SQL comments.
+SCHEMA = """\
+CREATE TABLE c ( -- customers
+  cid INTEGER PRIMARY KEY, -- customer id
+  cc TEXT, -- country, ISO code ('DE', 'US', ...)
+  lo INTEGER, -- month of the customer's last order, YYMM (2403 = March 2024)
+  st TEXT -- CRM status flag, 'A' or 'I', entered by hand
+);
+CREATE TABLE o ( -- orders
+  oid INTEGER PRIMARY KEY, -- order id
+  cid INTEGER REFERENCES c(cid), -- the customer
+  pid INTEGER REFERENCES p(pid), -- the product
+  ym INTEGER, -- order month, YYMM
+  amt INTEGER, -- amount in euros, taxes excluded
+  ret INTEGER -- 1 when the order was returned, else 0
+);
+CREATE TABLE p ( -- products
+  pid INTEGER PRIMARY KEY, -- product id
+  cat TEXT -- category: 'HW' hardware, 'SW' software licences, 'SV' services
+);"""
+
+CATEGORY_NAMES = {"HW": "hardware", "SW": "software licences", "SV": "services"}
+SINGLE_TABLE = ("active", "revenue")  # the templates whose gold SQL reads one table
+
+
+def question(template: str, param: dict) -> str:
+    """The plain-English question of one (template, parameters) of `SqlTask`."""
+    where = f" in {param['place']}" if "place" in param else ""
+    fy = f"FY{param['year']}" if "year" in param else ""
+    if template == "active":
+        return f"How many active customers are there{where}?"
+    if template == "revenue":
+        return f"What was the net revenue in {fy}?"
+    if template == "revenue_place":
+        return f"What was the net revenue{where} in {fy}?"
+    if template == "revenue_category":
+        return f"What was the net revenue of {CATEGORY_NAMES[param['cat']]} in {fy}?"
+    if template == "gross_place":
+        return f"What was the gross revenue{where} in {fy}?"
+    raise ValueError(f"unknown sql template {template!r}")
+
+
+def make_rows(task: SqlTask, held_out: bool, tier: str) -> list[dict]:
+    rows = []
+    for template, param in task.combinations():
+        if task.is_held_out(template, param) != held_out:
+            continue
+        if tier == "single" and template not in SINGLE_TABLE:
+            continue
+        gold = task.solve(template, param)[2]
+        user = f"{SCHEMA}\n\nQuestion: {question(template, param)}"
+        rows.append(
+            {
+                "prompt": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": user},
+                ],
+                "answer": gold,
+                "privileged_context": gold,
+                "database": str(Path(DB_PATH).resolve()),
+                "verifier": "sql",
+                "template": template,
+            }
+        )
+    random.Random(0).shuffle(rows)
+    return rows
+
+
+def write_data(tier: str) -> tuple[Path, Path]:
+    task = SqlTask()
+    paths = []
+    for split, held_out in (("train", False), ("eval", True)):
+        rows = make_rows(task, held_out, tier)
+        path = OUT / f"{split}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        print(f"{path}: {len(rows)} rows")
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Runs one CLI command (logged to `commands.txt`), its output to `log`; wall seconds."""
+    line = "OMP_NUM_THREADS=1 " + shlex.join(cmd)
+    with open(OUT / "commands.txt", "a") as f:
+        f.write(line + f"  > {log}\n")
+    print(line, flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        print(f"  failed (exit {proc.returncode}), see {log}", flush=True)
+    return seconds
+
+
+def model_path() -> str:
+    from rlsd.models.gguf import smollm2_135m
+
+    return str(smollm2_135m())
+
+
+def probe(args: argparse.Namespace) -> None:
+    out = OUT / "probe.json"
+    cmd = [
+        "rlsd", "eval", model_path(),
+        "--dataset_path", str(OUT / "eval.jsonl"),
+        "--num_samples", str(args.probe_samples),
+        "--max_new_tokens", str(args.max_completion_length),
+        "--output", str(out),
+    ]  # fmt: skip
+    seconds = run(cmd, OUT / "probe.log")
+    if out.exists():
+        metrics = json.loads(out.read_text())
+        metrics["seconds"] = round(seconds, 1)
+        out.write_text(json.dumps(metrics, indent=2) + "\n")
+        print(json.dumps(metrics, indent=2))
+
+
+def train(args: argparse.Namespace) -> None:
+    timing_path = OUT / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    for seed in args.seeds:
+        for algorithm in args.algorithms:
+            name = f"{algorithm}-s{seed}"
+            cmd = [
+                "rlsd", "train",
+                "--algorithm", algorithm,
+                "--model_name_or_path", model_path(),
+                "--dataset_path", str(OUT / "train.jsonl"),
+                "--eval_dataset_path", str(OUT / "eval.jsonl"),
+                "--context_docs", str(DOCS_DIR),
+                "--context_budget", str(args.context_budget),
+                "--output_dir", str(OUT / name),
+                "--seed", str(seed),
+                "--max_steps", str(args.steps),
+                "--per_device_train_batch_size", "8",
+                "--num_generations", "8",
+                "--max_completion_length", str(args.max_completion_length),
+                "--learning_rate", str(args.learning_rate),
+                "--eval_every", str(args.eval_every),
+                "--eval_num_samples", str(args.eval_samples),
+                "--save_strategy", "no",
+            ]  # fmt: skip
+            seconds = run(cmd, OUT / f"{name}.log")
+            timing[name] = round(seconds, 1)
+            timing_path.write_text(json.dumps(timing, indent=2) + "\n")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def report() -> None:
+    timing = json.loads((OUT / "timing.json").read_text())
+    lines = [
+        "# SmolLM2-135M-Instruct on the sql task: GRPO vs RLSD",
+        "",
+        "Held-out execution accuracy (the task's eval split) before (step 0) and after the "
+        "last step; sampled at temperature 1 and greedy; leak_rate of the last evaluation.",
+        "",
+    ]
+    probe_path = OUT / "probe.json"
+    if probe_path.exists():
+        p = json.loads(probe_path.read_text())
+        lines += [
+            f"Base-model probe (`rlsd eval`, {p['num_problems']} held-out questions): sampled "
+            f"{_pct(p['accuracy'])}, greedy {_pct(p.get('greedy_accuracy'))}, "
+            + ", ".join(f"{k} {_pct(v)}" for k, v in p.items() if k.startswith("pass@"))
+            + f", {p.get('seconds', '?')} s.",
+            "",
+        ]
+    lines += [
+        "| algorithm | seed | sampled before -> after | greedy before -> after | leak_rate "
+        "| train reward (first 10 -> last 10 steps) | s/step | minutes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, seconds in timing.items():
+        algorithm, seed = name.rsplit("-s", 1)
+        folder = OUT / name
+        summary_path = folder / "summary.json"
+        if not summary_path.exists():
+            lines.append(f"| {algorithm} | {seed} | (no summary: see {name}.log) | | | | | |")
+            continue
+        s = json.loads(summary_path.read_text())
+        steps, evals = [], []
+        for line in (folder / "metrics.jsonl").read_text().splitlines():
+            m = json.loads(line)
+            if "eval/accuracy" in m:
+                evals.append(m)
+            elif "reward" in m:
+                steps.append(m)
+        leak = evals[-1].get("eval/leak_rate") if evals else None
+        rewards = [m["reward"] for m in steps]
+        reward = (
+            f"{sum(rewards[:10]) / len(rewards[:10]):.3f} -> {sum(rewards[-10:]) / 10:.3f}"
+            if len(rewards) >= 10
+            else "-"
+        )
+        step_times = [m["step_time"] for m in steps if "step_time" in m]
+        per_step = f"{sum(step_times) / len(step_times):.1f}" if step_times else "-"
+        lines.append(
+            f"| {algorithm} | {seed} | {_pct(s.get('accuracy_before'))} -> "
+            f"{_pct(s.get('accuracy_after'))} | {_pct(s.get('greedy_before'))} -> "
+            f"{_pct(s.get('greedy_after'))} | {_pct(leak)} | {reward} | {per_step} "
+            f"| {seconds / 60:.1f} |"
+        )
+    commands = (OUT / "commands.txt").read_text()
+    lines += ["", "## Commands", "", "```", commands.rstrip(), "```", ""]
+    (OUT / "results.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=["data", "probe", "train", "report", "all"])
+    parser.add_argument("--tier", choices=["full", "single"], default="full")
+    parser.add_argument("--algorithms", nargs="+", default=["grpo", "rlsd"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--max_completion_length", type=int, default=96)
+    parser.add_argument("--learning_rate", type=float, default=5e-6)
+    parser.add_argument("--context_budget", type=int, default=512)
+    parser.add_argument("--eval_every", type=int, default=0, help="0: before and after only")
+    parser.add_argument("--eval_samples", type=int, default=1, help="sampled, per question")
+    parser.add_argument("--probe_samples", type=int, default=4)
+    args = parser.parse_args(argv)
+    OUT.mkdir(parents=True, exist_ok=True)
+    if args.stage in ("data", "all"):
+        write_data(args.tier)
+    if args.stage in ("probe", "all"):
+        probe(args)
+    if args.stage in ("train", "all"):
+        train(args)
+    if args.stage in ("report", "all"):
+        report()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
