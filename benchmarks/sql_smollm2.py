@@ -10,7 +10,9 @@ What a user with their own data would do, through the public CLI only:
    question in plain English, built from the task's template and parameters. The held-out
    file is the task's eval split (`SqlTask.is_held_out`). `answer` and `privileged_context`
    are the gold SQL; `database` is the absolute path of `sales.db`; `verifier` is `sql`.
-   `--tier single` keeps the single-table templates only (`active`, `revenue`).
+   `--tier easy` asks the same (template, parameters) without the glossary's rules (see
+   `easy`): the base model scores 0% on the full tier, sampled and greedy, so GRPO has no
+   signal there.
 2. `probe`: `rlsd eval` of the base model on the held-out file (sampled and greedy).
 3. `train`: `rlsd train --algorithm grpo|rlsd` per (algorithm, seed); the self-teacher's
    privileged context is the gold SQL plus the business documents BM25 retrieves
@@ -40,33 +42,26 @@ from rlsd.tasks.sql import DB_PATH, DOCS_DIR, SqlTask
 OUT = Path("runs/sql-smollm2")
 
 SYSTEM = (
-    "You write SQLite queries for the company's sales warehouse. Answer the question with "
-    "one query that returns the requested number. Reply with one query in a ```sql block."
+    "You write SQLite queries for the company's sales warehouse. "
+    "Reply with one query in a ```sql block."
 )
 
-# The data dictionary's column meanings (sql_data/docs/data_dictionary.md), as SQL comments.
+# The data dictionary's column meanings (sql_data/docs/data_dictionary.md) as SQL comments,
+# compact: the prompt's length is most of the held-out evaluation's time on a CPU.
 SCHEMA = """\
-CREATE TABLE c ( -- customers
-  cid INTEGER PRIMARY KEY, -- customer id
-  cc TEXT, -- country, ISO code ('DE', 'US', ...)
-  lo INTEGER, -- month of the customer's last order, YYMM (2403 = March 2024)
-  st TEXT -- CRM status flag, 'A' or 'I', entered by hand
-);
-CREATE TABLE o ( -- orders
-  oid INTEGER PRIMARY KEY, -- order id
-  cid INTEGER REFERENCES c(cid), -- the customer
-  pid INTEGER REFERENCES p(pid), -- the product
-  ym INTEGER, -- order month, YYMM
-  amt INTEGER, -- amount in euros, taxes excluded
-  ret INTEGER -- 1 when the order was returned, else 0
-);
-CREATE TABLE p ( -- products
-  pid INTEGER PRIMARY KEY, -- product id
-  cat TEXT -- category: 'HW' hardware, 'SW' software licences, 'SV' services
-);"""
+CREATE TABLE c( -- customers
+ cid INT PRIMARY KEY,
+ cc TEXT, -- country ISO code ('DE', 'US', ...)
+ lo INT, -- month of the last order, YYMM (2403 = March 2024)
+ st TEXT); -- CRM status 'A' or 'I', entered by hand
+CREATE TABLE o( -- orders
+ oid INT PRIMARY KEY, cid INT, pid INT,
+ ym INT, -- order month, YYMM
+ amt INT, -- amount in euros
+ ret INT); -- 1 when returned, else 0
+CREATE TABLE p(pid INT PRIMARY KEY, cat TEXT); -- cat: 'HW', 'SW' or 'SV'"""
 
 CATEGORY_NAMES = {"HW": "hardware", "SW": "software licences", "SV": "services"}
-SINGLE_TABLE = ("active", "revenue")  # the templates whose gold SQL reads one table
 
 
 def question(template: str, param: dict) -> str:
@@ -86,20 +81,53 @@ def question(template: str, param: dict) -> str:
     raise ValueError(f"unknown sql template {template!r}")
 
 
+def easy(task: SqlTask, template: str, param: dict) -> tuple[str, str]:
+    """(question, gold SQL) of the easy tier: the same (template, parameters), asked without
+    the glossary's hidden rules (no *active*, *net* or fiscal year: calendar years instead);
+    only the reporting regions still need the documents."""
+    where, _ = task._place(param["place"]) if "place" in param else ("", [])
+    year = param.get("year")
+    months = f"ym between {year}01 and {year}12" if year else ""
+    place = f" in {param.get('place')}"
+    if template == "active":
+        return f"How many customers are there{place}?", f"select count(*) from c where {where}"
+    if template == "revenue":
+        return (
+            f"What was the total amount of the orders of 20{year}?",
+            f"select sum(amt) from o where {months}",
+        )
+    if template == "revenue_place":
+        return (
+            f"What was the total amount of the orders of customers{place} in 20{year}?",
+            f"select sum(amt) from o join c using(cid) where {where} and {months}",
+        )
+    if template == "revenue_category":
+        return (
+            f"What was the total amount of the {CATEGORY_NAMES[param['cat']]} orders of 20{year}?",
+            f"select sum(amt) from o join p using(pid) where cat='{param['cat']}' and {months}",
+        )
+    if template == "gross_place":
+        return (
+            f"How many orders did customers{place} place in 20{year}?",
+            f"select count(*) from o join c using(cid) where {where} and {months}",
+        )
+    raise ValueError(f"unknown sql template {template!r}")
+
+
 def make_rows(task: SqlTask, held_out: bool, tier: str) -> list[dict]:
     rows = []
     for template, param in task.combinations():
         if task.is_held_out(template, param) != held_out:
             continue
-        if tier == "single" and template not in SINGLE_TABLE:
-            continue
-        gold = task.solve(template, param)[2]
-        user = f"{SCHEMA}\n\nQuestion: {question(template, param)}"
+        if tier == "easy":
+            text, gold = easy(task, template, param)
+        else:
+            text, gold = question(template, param), task.solve(template, param)[2]
         rows.append(
             {
                 "prompt": [
                     {"role": "system", "content": SYSTEM},
-                    {"role": "user", "content": user},
+                    {"role": "user", "content": f"{SCHEMA}\n\nQuestion: {text}"},
                 ],
                 "answer": gold,
                 "privileged_context": gold,
@@ -260,7 +288,7 @@ def report() -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=["data", "probe", "train", "report", "all"])
-    parser.add_argument("--tier", choices=["full", "single"], default="full")
+    parser.add_argument("--tier", choices=["full", "easy"], default="full")
     parser.add_argument("--algorithms", nargs="+", default=["grpo", "rlsd"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--steps", type=int, default=50)
