@@ -61,6 +61,13 @@ CREATE TABLE o( -- orders
  ret INT); -- 1 when returned, else 0
 CREATE TABLE p(pid INT PRIMARY KEY, cat TEXT); -- cat: 'HW', 'SW' or 'SV'"""
 
+# The easy tier's one worked example (a question the task never asks), so that the base model
+# answers in SQL rather than in prose.
+EXAMPLE = (
+    "Example. Question: How many orders were returned?\n"
+    "```sql\nselect count(*) from o where ret=1\n```"
+)
+
 CATEGORY_NAMES = {"HW": "hardware", "SW": "software licences", "SV": "services"}
 
 
@@ -121,13 +128,14 @@ def make_rows(task: SqlTask, held_out: bool, tier: str) -> list[dict]:
             continue
         if tier == "easy":
             text, gold = easy(task, template, param)
+            text = f"{EXAMPLE}\n\nQuestion: {text}"
         else:
-            text, gold = question(template, param), task.solve(template, param)[2]
+            text, gold = f"Question: {question(template, param)}", task.solve(template, param)[2]
         rows.append(
             {
                 "prompt": [
                     {"role": "system", "content": SYSTEM},
-                    {"role": "user", "content": f"{SCHEMA}\n\nQuestion: {text}"},
+                    {"role": "user", "content": f"{SCHEMA}\n\n{text}"},
                 ],
                 "answer": gold,
                 "privileged_context": gold,
@@ -215,6 +223,7 @@ def train(args: argparse.Namespace) -> None:
                 "--eval_every", str(args.eval_every),
                 "--eval_num_samples", str(args.eval_samples),
                 "--save_strategy", "no",
+                "--gradient_checkpointing", "False",  # 135M parameters: memory is not short
             ]  # fmt: skip
             seconds = run(cmd, OUT / f"{name}.log")
             timing[name] = round(seconds, 1)
