@@ -234,61 +234,70 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _read_run(folder: Path) -> tuple[list[dict], list[dict]]:
+    """(training steps, held-out evaluations) of a run folder's `metrics.jsonl`."""
+    steps, evals = [], []
+    path = folder / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        m = json.loads(line)
+        (evals if "eval/accuracy" in m else steps if "reward" in m else []).append(m)
+    return steps, evals
+
+
 def report() -> None:
-    timing = json.loads((OUT / "timing.json").read_text())
+    timing_path = OUT / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
     lines = [
         "# SmolLM2-135M-Instruct on the sql task: GRPO vs RLSD",
         "",
-        "Held-out execution accuracy (the task's eval split) before (step 0) and after the "
-        "last step; sampled at temperature 1 and greedy; leak_rate of the last evaluation.",
+        "Held-out execution accuracy (47 questions, the task's eval split) before (step 0) and "
+        "after the last step, sampled (temperature 1, one sample a question) and greedy; "
+        "leak_rate and context_leak_rate of the last evaluation (leak_rate flags a 40-character "
+        "span shared with the gold query, so a correct answer counts as a leak).",
         "",
     ]
-    probe_path = OUT / "probe.json"
-    if probe_path.exists():
-        p = json.loads(probe_path.read_text())
-        lines += [
-            f"Base-model probe (`rlsd eval`, {p['num_problems']} held-out questions): sampled "
-            f"{_pct(p['accuracy'])}, greedy {_pct(p.get('greedy_accuracy'))}, "
-            + ", ".join(f"{k} {_pct(v)}" for k, v in p.items() if k.startswith("pass@"))
-            + f", {p.get('seconds', '?')} s.",
-            "",
-        ]
+    for name in ("probe-full.json", "probe.json"):
+        if (OUT / name).exists():
+            p = json.loads((OUT / name).read_text())
+            passes = ", ".join(f"{k} {_pct(v)}" for k, v in p.items() if k.startswith("pass@"))
+            lines += [
+                f"Base-model probe `{name}` (`rlsd eval`, {p['num_problems']} held-out "
+                f"questions): sampled {_pct(p['accuracy'])}, greedy "
+                f"{_pct(p.get('greedy_accuracy'))}, {passes}, leak_rate "
+                f"{_pct(p.get('leak_rate'))}, {p.get('seconds', '?')} s.",
+                "",
+            ]
     lines += [
-        "| algorithm | seed | sampled before -> after | greedy before -> after | leak_rate "
-        "| train reward (first 10 -> last 10 steps) | s/step | minutes |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| algorithm | seed | steps | sampled before -> after | greedy before -> after "
+        "| leak_rate | context_leak_rate | train reward (mean; steps with a reward > 0) "
+        "| s/step | minutes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, seconds in timing.items():
-        algorithm, seed = name.rsplit("-s", 1)
-        folder = OUT / name
-        summary_path = folder / "summary.json"
-        if not summary_path.exists():
-            lines.append(f"| {algorithm} | {seed} | (no summary: see {name}.log) | | | | | |")
-            continue
-        s = json.loads(summary_path.read_text())
-        steps, evals = [], []
-        for line in (folder / "metrics.jsonl").read_text().splitlines():
-            m = json.loads(line)
-            if "eval/accuracy" in m:
-                evals.append(m)
-            elif "reward" in m:
-                steps.append(m)
-        leak = evals[-1].get("eval/leak_rate") if evals else None
+    for folder in sorted(p for p in OUT.glob("*-s[0-9]*") if p.is_dir()):
+        algorithm, seed = folder.name.rsplit("-s", 1)
+        steps, evals = _read_run(folder)
+        first, last = (evals[0], evals[-1]) if evals else ({}, {})
+        done = (folder / "summary.json").exists()
+        if not done:  # stopped: no evaluation after its last step
+            last = {}
         rewards = [m["reward"] for m in steps]
         reward = (
-            f"{sum(rewards[:10]) / len(rewards[:10]):.3f} -> {sum(rewards[-10:]) / 10:.3f}"
-            if len(rewards) >= 10
-            else "-"
+            f"{sum(rewards) / len(rewards):.3f}; {sum(r > 0 for r in rewards)}" if rewards else "-"
         )
         step_times = [m["step_time"] for m in steps if "step_time" in m]
         per_step = f"{sum(step_times) / len(step_times):.1f}" if step_times else "-"
+        minutes = f"{timing[folder.name] / 60:.1f}" if folder.name in timing else "(stopped)"
         lines.append(
-            f"| {algorithm} | {seed} | {_pct(s.get('accuracy_before'))} -> "
-            f"{_pct(s.get('accuracy_after'))} | {_pct(s.get('greedy_before'))} -> "
-            f"{_pct(s.get('greedy_after'))} | {_pct(leak)} | {reward} | {per_step} "
-            f"| {seconds / 60:.1f} |"
+            f"| {algorithm} | {seed} | {len(steps)} | {_pct(first.get('eval/accuracy'))} -> "
+            f"{_pct(last.get('eval/accuracy'))} | {_pct(first.get('eval/greedy_accuracy'))} -> "
+            f"{_pct(last.get('eval/greedy_accuracy'))} | {_pct(last.get('eval/leak_rate'))} "
+            f"| {_pct(last.get('eval/context_leak_rate'))} | {reward} | {per_step} | {minutes} |"
         )
-    commands = (OUT / "commands.txt").read_text()
+    commands = "".join(
+        (OUT / name).read_text()
+        for name in ("probe-full.cmd", "commands.txt")
+        if (OUT / name).exists()
+    )
     lines += ["", "## Commands", "", "```", commands.rstrip(), "```", ""]
     (OUT / "results.md").write_text("\n".join(lines))
     print("\n".join(lines))
