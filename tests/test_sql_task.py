@@ -102,10 +102,39 @@ def test_rows_prompt_answer_privileged_context():
     assert row["answer"] == gold
     assert row["privileged_context"] == f"--net:ret=0;FY24:2304-2403;EMEA:DE,FR,UK,IN\n{gold}"
     assert row["database"] == str(DB_PATH.resolve()) and row["verifier"] == "sql"
-    assert (
-        make_rows([TASK.problem("active", {"place": "DE"})], "answer")[0]["privileged_context"]
-        == "A:select count(*) from c where cc='DE' and lo>=2404"
-    )
+
+    # the ablation's kinds: the result alone, the query alone, the rules alone
+    problem = TASK.problem("active", {"place": "DE"})
+    query = "select count(*) from c where cc='DE' and lo>=2404"
+    (count,) = _rows(query)[0]
+    kinds = {k: make_rows([problem], k)[0]["privileged_context"] for k in TASK.privileged_kinds}
+    assert kinds == {
+        "solution": f"--active:lo>=2404\n{query}",
+        "answer": f"A:{count}",
+        "sql": query,
+        "rules": "--active:lo>=2404",
+    }
+    assert count > 0
+    with pytest.raises(ValueError, match=r"one of \['answer', 'rules', 'solution', 'sql'\]"):
+        make_rows([problem], "documents")
+
+
+def test_context_leak_rate_ignores_the_gold_query_and_flags_copied_documents():
+    from rlsd.evaluation import context_beyond_answer
+    from rlsd.objectives import leak_flags
+
+    (row,) = make_rows([TASK.problem("revenue", {"year": 24})])
+    document = "Returned orders are excluded entirely, whatever the refund was, says Finance."
+    row["privileged_context"] += "\n" + document
+    correct = row["answer"]  # the student writes the gold query: a leak by the 40-char test
+    copied = correct + "\n-- " + document[:45]
+    assert leak_flags([correct, copied], [row["privileged_context"]] * 2) == [True, True]
+    context = context_beyond_answer(row)
+    assert row["answer"] not in context and document in context
+    assert leak_flags([correct, copied], [context] * 2) == [False, True]
+    # a short answer (the other tasks) is left in: the two measures are the same there
+    short = {"privileged_context": "Q:2+2 A:4", "answer": "4"}
+    assert context_beyond_answer(short) == "Q:2+2 A:4"
 
 
 def test_fits_the_tiny_model():

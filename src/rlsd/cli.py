@@ -284,7 +284,7 @@ def train_main(argv: list[str]) -> dict:
 
     from rlsd.callbacks import ConsoleCallback, HeldOutEvalCallback, RunFolderCallback
     from rlsd.data import read_rows, to_dataset
-    from rlsd.models import DEFAULT_MODEL_PATH
+    from rlsd.models import DEFAULT_MODEL_PATH, default_model_path
     from rlsd.reports.plots import plot_run
     from rlsd.tasks import get_task, make_rows
     from rlsd.teacher import DEFAULT_TEACHER_TEMPLATE
@@ -296,10 +296,8 @@ def train_main(argv: list[str]) -> dict:
     if script.dataset_path is None:
         try:
             task = get_task(script.task)
-            if getattr(task, "has_images", False) and not model_config.model_name_or_path:
-                from rlsd.models.tiny_vlm import DEFAULT_VLM_PATH
-
-                model_path = str(DEFAULT_VLM_PATH)  # the shipped tiny vision-language model
+            if not model_config.model_name_or_path:  # the task's shipped model
+                model_path = str(default_model_path(task))
             train_rows = make_rows(
                 task.problems("train", script.num_train, config.seed), script.privileged
             )
@@ -310,9 +308,14 @@ def train_main(argv: list[str]) -> dict:
             raise UserError(str(e)) from e
         if config.teacher_template == DEFAULT_TEACHER_TEMPLATE:  # the task's compact format
             config.teacher_template = task.teacher_template
-        given = any(a.startswith("--max_completion_length") for a in argv)
-        if not given and config.max_completion_length == CPU_DEFAULTS["max_completion_length"]:
-            config.max_completion_length = task.max_completion_length  # room for its solutions
+        # the task's own defaults (room for its solutions; a shorter run for the sql task)
+        # where neither a flag nor the YAML file moved the CPU default
+        task_defaults = {"max_completion_length": task.max_completion_length}
+        task_defaults.update(task.train_defaults)
+        for name, value in task_defaults.items():
+            given = any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)
+            if not given and getattr(config, name) == CPU_DEFAULTS[name]:
+                setattr(config, name, value)
     else:
         train_rows = read_rows(script.dataset_path)
         eval_rows = read_rows(script.eval_dataset_path) if script.eval_dataset_path else []
@@ -433,7 +436,7 @@ def eval_main(argv: list[str]) -> dict:
 
     from rlsd.data import read_rows
     from rlsd.evaluation import evaluate
-    from rlsd.models import DEFAULT_MODEL_PATH
+    from rlsd.models import DEFAULT_MODEL_PATH, default_model_path
     from rlsd.tasks import get_task, make_rows
 
     path = args.model or str(DEFAULT_MODEL_PATH)
@@ -447,10 +450,8 @@ def eval_main(argv: list[str]) -> dict:
         except ValueError as e:  # an unknown task
             raise UserError(str(e)) from e
         max_new_tokens = args.max_new_tokens or task.max_completion_length
-        if getattr(task, "has_images", False) and not args.model:
-            from rlsd.models.tiny_vlm import DEFAULT_VLM_PATH
-
-            path = str(DEFAULT_VLM_PATH)
+        if not args.model:  # the task's shipped model
+            path = str(default_model_path(task))
     reward_fn = _reward_funcs(rows, args.reward_funcs[:1])[0]
     tokenizer, model = _load_model(path)
     ks = tuple(k for k in (1, 2, 4, 8, 16, 32) if k <= args.num_samples)

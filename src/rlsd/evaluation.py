@@ -196,6 +196,23 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
+def context_beyond_answer(row: dict[str, Any]) -> str | None:
+    """The row's privileged context without its own reference answer, when the answer is a
+    program the student is meant to write (the `sql` task's gold query: 8 characters or more,
+    found in the context); else the context itself.
+
+    `leak_rate` flags a response sharing 40 characters with the privileged context, so where
+    the context holds the gold query a correct response counts as a leak. `context_leak_rate`
+    applies the same test (copied spans, phrases naming the reference) to what is left:
+    retrieved documents, schema notes, rules, i.e. the material the student never sees."""
+    privileged = row.get("privileged_context") or row.get("answer")
+    answer = row.get("answer")
+    if isinstance(privileged, str) and isinstance(answer, str) and len(answer) >= 8:
+        if answer in privileged:
+            return privileged.replace(answer, "\n")  # no span may join the two sides
+    return privileged
+
+
 def evaluate(
     model,
     tokenizer,
@@ -214,7 +231,8 @@ def evaluate(
     """Accuracy metrics of `model` on `rows` (dataset rows with `prompt` and the verifier's
     columns). Keys: `accuracy` (sampled, mean over all samples), `greedy_accuracy`,
     `pass@k` for each k <= num_samples, `leak_rate` (when rows carry privileged context),
-    `reward_mean`, `num_problems`."""
+    `context_leak_rate` (when the context holds the reference program: see
+    `context_beyond_answer`), `reward_mean`, `num_problems`."""
     prompts = [row["prompt"] for row in rows]
     images = [example_images(row) for row in rows]
     images_or_none = images if any(images) else None
@@ -252,6 +270,13 @@ def evaluate(
             [p for p in privileged for _ in range(num_samples)],
         )
         metrics["leak_rate"] = sum(flags) / max(1, len(flags))
+    contexts = [context_beyond_answer(row) for row in rows]
+    if contexts != privileged:
+        flags = leak_flags(
+            [completion_text(s) for ss in samples for s in ss],
+            [c for c in contexts for _ in range(num_samples)],
+        )
+        metrics["context_leak_rate"] = sum(flags) / max(1, len(flags))
     if greedy:
         greedy_samples = generate(
             model, tokenizer, prompts, 1, 0.0, max_new_tokens, batch_size, images=images_or_none

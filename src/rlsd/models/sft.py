@@ -5,7 +5,8 @@ groups of samples disagree and GRPO has a signal, and whose self-teacher uses th
 it is shown, as a pretrained LLM would. A model trained from scratch must learn the latter:
 most of the SFT data (`teacher_fraction`, default 0.7) is in the self-teacher's format,
 prompt plus reference solution then the solution (a fifth of those show only the final answer
-as the reference, so the `privileged="answer"` option is meaningful too). Copying is learned
+as the reference, so the `privileged="answer"` option is meaningful too; a task with more
+kinds, `sql`, spreads that fifth over all of them). Copying is learned
 later than one might think (an induction-head transition), so SFT stops at the first
 evaluation where the student's sampled accuracy has reached `target_accuracy` AND the
 teacher's (with the reference) has reached `teacher_target`, or at `max_steps`.
@@ -32,7 +33,7 @@ import torch
 from rlsd.evaluation import evaluate
 from rlsd.models import tiny_vlm
 from rlsd.models.tiny import build_model, build_tokenizer
-from rlsd.tasks import Task, get_task, make_rows
+from rlsd.tasks import Task, get_task, make_rows, privileged_text
 from rlsd.teacher import fill_template, teacher_prompt
 from rlsd.verifiers import reward_funcs_for
 
@@ -100,8 +101,12 @@ def build_examples(args: SFTArgs, tokenizer) -> list[tuple[list[int], list[int]]
         p = problems[i % len(problems)]
         prompt = p.question
         if rng.random() < args.teacher_fraction:
-            reference = p.solution if rng.random() < 0.8 else f"A:{p.answer}"
-            prompt = fill_template(task.teacher_template, p.question, reference)
+            # the worked solution four times in five, else another kind the task offers
+            others = [k for k in task.privileged_kinds if k != "solution"]
+            kind = "solution" if rng.random() < 0.8 else others[0]
+            if kind != "solution" and len(others) > 1:
+                kind = rng.choice(others)
+            prompt = fill_template(task.teacher_template, p.question, privileged_text(p, kind))
         examples.append(_example(tokenizer, prompt, p.solution))
     return examples
 

@@ -186,6 +186,7 @@ def summarize(runs: Runs, baseline: str = "grpo") -> list[dict[str, Any]]:
             "steps_ratio_to_baseline": ratio,
             "final_greedy_accuracy_mean": _mean(final_values(seeds, "eval/greedy_accuracy")),
             "final_leak_rate_mean": _mean(final_values(seeds, "eval/leak_rate")),
+            "final_context_leak_rate_mean": _mean(final_values(seeds, "eval/context_leak_rate")),
             "step_time_mean": mean_over_steps(seeds, "step_time"),
             "teacher_time_mean": mean_over_steps(seeds, "time/teacher"),
         }
@@ -206,11 +207,15 @@ def _num(value: float | None, fmt: str = ".2f") -> str:
 
 def format_table(rows: list[dict[str, Any]], baseline: str = "grpo") -> str:
     """The Markdown results table and the RLSD weight-statistics table."""
+    # the sql task's leak measure (see rlsd.evaluation.context_beyond_answer), when logged
+    context = any(math.isfinite(r.get("final_context_leak_rate_mean", math.nan)) for r in rows)
     head = (
         "| variant | seeds | final acc % (mean ± std) | best acc % (step) | "
         f"steps to {baseline} final | × {baseline} | final greedy % | final leak % | "
-        "s/step | teacher s/step |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n"
+        + ("final context leak % | " if context else "")
+        + "s/step | teacher s/step |\n"
+        + "|" + "---|" * (11 if context else 10)
+        + "\n"
     )
     lines = []
     for r in rows:
@@ -225,7 +230,8 @@ def format_table(rows: list[dict[str, Any]], baseline: str = "grpo") -> str:
             f"{_pct(r['final_accuracy_std'])} | {_pct(r['best_accuracy'])}{best_step} | "
             f"{reach_s} | {'n/a' if ratio is None else f'{ratio:.2f}'} | "
             f"{_pct(r['final_greedy_accuracy_mean'])} | {_pct(r['final_leak_rate_mean'])} | "
-            f"{_num(r['step_time_mean'])} | {_num(r['teacher_time_mean'])} |"
+            + (f"{_pct(r['final_context_leak_rate_mean'])} | " if context else "")
+            + f"{_num(r['step_time_mean'])} | {_num(r['teacher_time_mean'])} |"
         )
     weights_head = (
         "| variant | " + " | ".join(label for _, label in WEIGHT_STATS) + " |\n"

@@ -15,7 +15,7 @@ vision-language conventions); its model is `rlsd.models.tiny_vlm`.
 
 from __future__ import annotations
 
-from rlsd.tasks.base import Problem, Task, make_rows
+from rlsd.tasks.base import Problem, Task, make_rows, privileged_text
 from rlsd.tasks.counting_visual import CountingVisualTask
 from rlsd.tasks.sql import SqlTask
 from rlsd.tasks.tasks import ArithmeticTask, CountingTask, MixedTask, PathsTask
@@ -31,11 +31,11 @@ TASKS: dict[str, type[Task]] = {
 
 
 def get_task(name: str) -> Task:
-    """Return a built-in task by name (`arithmetic`, `counting`, `paths`, `mixed` or
+    """Return a built-in task by name (`arithmetic`, `counting`, `paths`, `mixed`, `sql` or
     `counting_visual`)."""
     if name not in TASKS:
         raise ValueError(f"Unknown built-in task {name!r}; choose one of {sorted(TASKS)}.")
     return TASKS[name]()
 
 
-__all__ = ["TASKS", "Problem", "Task", "get_task", "make_rows"]
+__all__ = ["TASKS", "Problem", "Task", "get_task", "make_rows", "privileged_text"]

@@ -30,6 +30,10 @@ class Problem:
     image: Any = None
     # More columns of the problem's row, e.g. the `sql` task's `database` and `verifier`.
     columns: dict[str, Any] = field(default_factory=dict, hash=False)
+    # More kinds of privileged context than the two every task has ("solution", "answer"),
+    # by name, e.g. the `sql` task's gold query alone ("sql") or its rules alone ("rules").
+    # A kind named here overrides the default one ("answer" is the sql task's query result).
+    privileged: dict[str, str] = field(default_factory=dict, hash=False)
 
 
 class Task(ABC):
@@ -39,6 +43,15 @@ class Task(ABC):
     max_completion_length: int = 40
     teacher_template: str = TASK_TEACHER_TEMPLATE
     has_images: bool = False  # rows carry an `image` column: a vision-language model is needed
+    # The shipped model `rlsd train/eval/credit --task NAME` use without `--model_name_or_path`
+    # (a folder name under `rlsd/models/`, see `rlsd.models.default_model_path`).
+    default_model: str = "tiny"
+    # `rlsd train --task NAME` defaults that differ from the CPU defaults (`rlsd.cli`), used
+    # unless a flag or the YAML file sets them; only fields read at training time (`max_steps`,
+    # `max_completion_length`), never one `GRPOConfig` derives others from (the batch sizes).
+    train_defaults: dict[str, Any] = {}
+    # What `--privileged` may choose for this task (see `privileged_text`).
+    privileged_kinds: tuple[str, ...] = ("solution", "answer")
 
     @abstractmethod
     def sample(self, rng: random.Random) -> Problem:
@@ -73,12 +86,26 @@ class Task(ABC):
         return out
 
 
+def privileged_text(problem: Problem, kind: str = "solution") -> str:
+    """The self-teacher's privileged context of `problem`: its worked `solution`, its final
+    `answer` (`A:<answer>`), or a task-specific kind (`Problem.privileged`)."""
+    if kind in problem.privileged:
+        return problem.privileged[kind]
+    if kind == "solution":
+        return problem.solution
+    if kind == "answer":
+        return f"A:{problem.answer}"
+    kinds = sorted({"solution", "answer", *problem.privileged})
+    raise ValueError(f"privileged must be one of {kinds}, got {kind!r}")
+
+
 def make_rows(problems: list[Problem], privileged: str = "solution") -> list[dict]:
-    """Dataset rows for `problems`; `privileged` is "solution" (default) or "answer".
+    """Dataset rows for `problems`; `privileged` is "solution" (default), "answer" or a kind
+    of the task's own (`Task.privileged_kinds`, e.g. the sql task's "sql" and "rules").
 
     A problem with an image gets TRL's VLM row: an `image` column and the prompt's content as
     parts, `[{"type": "image"}, {"type": "text", "text": question}]`."""
-    if privileged not in ("solution", "answer"):
+    if not problems and privileged not in ("solution", "answer"):
         raise ValueError(f"privileged must be 'solution' or 'answer', got {privileged!r}")
     rows = []
     for p in problems:
@@ -88,7 +115,7 @@ def make_rows(problems: list[Problem], privileged: str = "solution") -> list[dic
         row = {
             "prompt": [{"role": "user", "content": content}],
             "answer": p.answer,
-            "privileged_context": p.solution if privileged == "solution" else f"A:{p.answer}",
+            "privileged_context": privileged_text(p, privileged),
         }
         if p.image is not None:
             row["image"] = p.image

@@ -16,7 +16,9 @@ A row, for `Q:net revenue in EMEA FY24?`:
   needs, as a SQL comment, then the gold SQL:
   `--net:ret=0;FY24:2304-2403;EMEA:DE,FR,UK,IN` + newline + `select sum(amt) from o join c ...`.
   The comment is valid SQL, so a student that writes its rules down before the query (as the
-  reference does) is scored on the query alone.
+  reference does) is scored on the query alone. `--privileged` picks other kinds for the
+  ablation in docs/results.md: `answer` (the gold query's result, `A:1234`), `sql` (the gold
+  query alone) and `rules` (the documents' rules alone, the comment line).
 
 Sized for a character-level model: five question templates with parameters, short table and
 column names (months are YYMM integers), one schema line of 52 characters; the student's
@@ -84,6 +86,10 @@ def fiscal_year(month: int, start_month: int = 4) -> int:
 class SqlTask(Task):
     name = "sql"
     max_completion_length = 176  # the longest worked solution is 156 characters
+    default_model = "tiny_sql"  # the tiny character model with 512 positions, SQL warm start
+    # --privileged: the rules and the gold query ("solution", the default), the query's result
+    # alone ("answer"), the gold query alone ("sql"), the documents' rules alone ("rules")
+    privileged_kinds = ("solution", "answer", "sql", "rules")
 
     def __init__(self, docs_dir: Path = DOCS_DIR, database: Path = DB_PATH):
         rules = read_rules(docs_dir)
@@ -97,6 +103,7 @@ class SqlTask(Task):
             raise ValueError(f"{docs_dir}: 'Rule FY' must start with 'starts month MM'")
         self.fy_start = int(start.group(1))
         self.regions = {r: rules[r].split(",") for r in REGIONS}
+        self._results: dict[str, str] = {}
 
     # ----------------------------------------------------------------- the rules, as SQL
     def _place(self, place: str) -> tuple[str, list[str]]:
@@ -164,6 +171,17 @@ class SqlTask(Task):
             out += [("gross_place", {"place": p, "year": year}) for p in places]
         return out
 
+    def result(self, sql: str) -> str:
+        """The gold query's result as the verifier sees it (one value), run read-only once."""
+        if sql not in self._results:
+            conn = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True)
+            try:
+                (value,) = conn.execute(sql).fetchone()
+            finally:
+                conn.close()
+            self._results[sql] = str(value)
+        return self._results[sql]
+
     def problem(self, template: str, param: dict) -> Problem:
         question, notes, sql = self.solve(template, param)
         return Problem(
@@ -171,6 +189,7 @@ class SqlTask(Task):
             f"--{notes}\n{sql}",
             sql,
             columns={"database": self.database, "verifier": "sql"},
+            privileged={"answer": f"A:{self.result(sql)}", "sql": sql, "rules": f"--{notes}"},
         )
 
     @staticmethod

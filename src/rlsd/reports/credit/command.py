@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Write `args.output`/credit.{html,png,json}, print their paths; returns the paths and
     the summary."""
     from rlsd.data import UserError, read_rows
-    from rlsd.models import DEFAULT_MODEL_PATH
+    from rlsd.models import DEFAULT_MODEL_PATH, default_model_path
     from rlsd.reports.credit.compute import compute_credit, summarize
     from rlsd.reports.credit.page import render_html
     from rlsd.reports.credit.picture import render_png
@@ -135,10 +135,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         source = str(args.dataset_path)
     else:
         task = get_task(args.task)
-        if getattr(task, "has_images", False) and not args.model:
-            from rlsd.models.tiny_vlm import DEFAULT_VLM_PATH
-
-            model_path = str(DEFAULT_VLM_PATH)  # the shipped tiny vision-language model
+        if not args.model:  # the task's shipped model
+            model_path = str(default_model_path(task))
         problems = task.problems("eval", args.num_problems, args.seed)
         rows = make_rows(problems, args.privileged)
         template = args.teacher_template or task.teacher_template
