@@ -223,3 +223,25 @@ def test_sft_on_sql_repeats_problems_routes_to_sql_and_sets_positions(tmp_path, 
     assert summary["steps"] == 1 and summary["sampled_accuracy"] == 1.0
     config = (tmp_path / "m" / "config.json").read_text()
     assert '"max_position_embeddings": 512' in config
+
+
+def test_train_takes_the_tasks_defaults_unless_the_user_sets_them(tmp_path):
+    from rlsd.cli import CPU_DEFAULTS, _task_flags, parse_train_args
+
+    def parsed(argv):
+        script, config, _ = parse_train_args([*argv, *_task_flags(TASK, argv)])
+        return script, config
+
+    script, config = parsed(["--task", "sql"])
+    for name, value in {"max_completion_length": 176, **TASK.train_defaults}.items():
+        assert getattr(script if hasattr(script, name) else config, name) == value, name
+    # derived from the task's batch as from a user's: one generation batch per step
+    assert config.generation_batch_size == config.per_device_train_batch_size
+    # a flag or a YAML key wins
+    _, config = parsed(["--task", "sql", "--max_steps", "7", "--max_completion_length=99"])
+    assert (config.max_steps, config.max_completion_length) == (7, 99)
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("task: sql\nper_device_train_batch_size: 16\n")
+    _, config = parsed([str(yaml_file)])
+    assert config.per_device_train_batch_size == config.generation_batch_size == 16
+    assert config.max_steps == TASK.train_defaults.get("max_steps", CPU_DEFAULTS["max_steps"])

@@ -277,6 +277,28 @@ def _build_context(
     return train_rows, eval_rows, provenance
 
 
+def _task_flags(task, argv: list[str]) -> list[str]:
+    """`rlsd train` flags for the task's own defaults (`max_completion_length`, and
+    `Task.train_defaults`: a shorter run for the sql task), each one only where neither the
+    command line nor the YAML file sets it. Given as flags, so that `GRPOConfig` derives its
+    batch sizes from them as from the user's own."""
+    import yaml
+
+    config_path = None
+    if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):
+        config_path = argv[0]
+    elif "--config" in argv[:-1]:
+        config_path = argv[argv.index("--config") + 1]
+    in_yaml = set(yaml.safe_load(Path(config_path).read_text()) or {}) if config_path else set()
+    defaults = {"max_completion_length": task.max_completion_length, **task.train_defaults}
+    flags = []
+    for name, value in defaults.items():
+        given = any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)
+        if not given and name not in in_yaml:
+            flags += [f"--{name}", str(value)]
+    return flags
+
+
 def train_main(argv: list[str]) -> dict:
     import torch
     from transformers import PrinterCallback, ProgressCallback
@@ -286,36 +308,35 @@ def train_main(argv: list[str]) -> dict:
     from rlsd.data import read_rows, to_dataset
     from rlsd.models import DEFAULT_MODEL_PATH, default_model_path
     from rlsd.reports.plots import plot_run
-    from rlsd.tasks import get_task, make_rows
+    from rlsd.tasks import TASKS, get_task, make_rows
     from rlsd.teacher import DEFAULT_TEACHER_TEMPLATE
     from rlsd.trainer import RLSDTrainer
 
     script, config, model_config = parse_train_args(argv)
+    if script.dataset_path is None and script.task in TASKS:
+        task_flags = _task_flags(TASKS[script.task](), argv)
+        if task_flags:  # parsed again, so that every value derived from them follows
+            script, config, model_config = parse_train_args([*argv, *task_flags])
     out = Path(str(config.output_dir))  # always set by parse_train_args
     model_path = model_config.model_name_or_path or str(DEFAULT_MODEL_PATH)
     if script.dataset_path is None:
         try:
             task = get_task(script.task)
-            if not model_config.model_name_or_path:  # the task's shipped model
-                model_path = str(default_model_path(task))
+        except ValueError as e:  # an unknown task
+            raise UserError(str(e)) from e
+        if not model_config.model_name_or_path:  # the task's shipped model
+            model_path = str(default_model_path(task))
+        if config.teacher_template == DEFAULT_TEACHER_TEMPLATE:  # the task's compact format
+            config.teacher_template = task.teacher_template
+        try:
             train_rows = make_rows(
                 task.problems("train", script.num_train, config.seed), script.privileged
             )
             eval_rows = make_rows(
                 task.problems("eval", script.num_eval, config.seed), script.privileged
             )
-        except ValueError as e:  # an unknown task or `privileged` value
+        except ValueError as e:  # a `privileged` kind the task does not have
             raise UserError(str(e)) from e
-        if config.teacher_template == DEFAULT_TEACHER_TEMPLATE:  # the task's compact format
-            config.teacher_template = task.teacher_template
-        # the task's own defaults (room for its solutions; a shorter run for the sql task)
-        # where neither a flag nor the YAML file moved the CPU default
-        task_defaults = {"max_completion_length": task.max_completion_length}
-        task_defaults.update(task.train_defaults)
-        for name, value in task_defaults.items():
-            given = any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)
-            if not given and getattr(config, name) == CPU_DEFAULTS[name]:
-                setattr(config, name, value)
     else:
         train_rows = read_rows(script.dataset_path)
         eval_rows = read_rows(script.eval_dataset_path) if script.eval_dataset_path else []

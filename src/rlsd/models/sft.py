@@ -53,6 +53,9 @@ class SFTArgs:
     teacher_fraction: float = 0.7
     seed: int = 0
     max_positions: int = 256  # the sql task's self-teacher needs about 400: use 512
+    # distinct training problems SFT sees (0: all `num_train`). The sql task's pool is small
+    # (127): SFT on part of it leaves problems the model has not memorised for the RL stage.
+    num_problems: int = 0
 
 
 def _optimizer_step(model, optimizer, loss) -> None:
@@ -94,7 +97,7 @@ def build_examples(args: SFTArgs, tokenizer) -> list[tuple[list[int], list[int]]
     task = get_task(args.task)
     rng = random.Random(args.seed)
     examples = []
-    problems = task.problems("train", args.num_train, args.seed)
+    problems = task.problems("train", args.num_problems or args.num_train, args.seed)
     # a task with fewer distinct problems than `num_train` (sql) repeats them, each time in a
     # format drawn anew
     for i in range(args.num_train):

@@ -46,9 +46,9 @@ class Task(ABC):
     # The shipped model `rlsd train/eval/credit --task NAME` use without `--model_name_or_path`
     # (a folder name under `rlsd/models/`, see `rlsd.models.default_model_path`).
     default_model: str = "tiny"
-    # `rlsd train --task NAME` defaults that differ from the CPU defaults (`rlsd.cli`), used
-    # unless a flag or the YAML file sets them; only fields read at training time (`max_steps`,
-    # `max_completion_length`), never one `GRPOConfig` derives others from (the batch sizes).
+    # `rlsd train --task NAME` flags that differ from the CPU defaults (`rlsd.cli`), any
+    # `rlsd train` field by name, each used unless the command line or the YAML file sets it
+    # (`max_completion_length` always follows the task's own, above).
     train_defaults: dict[str, Any] = {}
     # What `--privileged` may choose for this task (see `privileged_text`).
     privileged_kinds: tuple[str, ...] = ("solution", "answer")
