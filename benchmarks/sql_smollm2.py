@@ -244,7 +244,7 @@ def _read_run(folder: Path) -> tuple[list[dict], list[dict]]:
     return steps, evals
 
 
-def report() -> None:
+def report(args: argparse.Namespace) -> None:
     timing_path = OUT / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
     lines = [
@@ -254,6 +254,19 @@ def report() -> None:
         "after the last step, sampled (temperature 1, one sample a question) and greedy; "
         "leak_rate and context_leak_rate of the last evaluation (leak_rate flags a 40-character "
         "span shared with the gold query, so a correct answer counts as a leak).",
+        "",
+    ]
+    row = json.loads((OUT / "eval.jsonl").read_text().splitlines()[0])
+    tier = "easy" if EXAMPLE in row["prompt"][-1]["content"] else "full"
+    lines += [
+        f"Tier of the training and held-out files: **{tier}**"
+        + (
+            " (the task's (template, parameters) and split, asked without the glossary's "
+            "rules: calendar years, plain totals and counts; the regions still need the "
+            "documents; one worked example in the prompt)."
+            if tier == "easy"
+            else " (the task's questions and gold SQL)."
+        ),
         "",
     ]
     for name in ("probe-full.json", "probe.json"):
@@ -293,6 +306,14 @@ def report() -> None:
             f"{_pct(last.get('eval/greedy_accuracy'))} | {_pct(last.get('eval/leak_rate'))} "
             f"| {_pct(last.get('eval/context_leak_rate'))} | {reward} | {per_step} | {minutes} |"
         )
+    missing = [
+        f"{a}-s{seed}"
+        for seed in args.seeds
+        for a in args.algorithms
+        if not (OUT / f"{a}-s{seed}").is_dir()
+    ]
+    if missing:
+        lines += ["", f"Not run (out of time): {', '.join(missing)}."]
     commands = "".join(
         (OUT / name).read_text()
         for name in ("probe-full.cmd", "commands.txt")
@@ -318,6 +339,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probe_samples", type=int, default=4)
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.stage != "report":
+        with open(OUT / "commands.txt", "a") as f:
+            f.write("OMP_NUM_THREADS=1 " + shlex.join(["python", *sys.argv]) + "\n")
     if args.stage in ("data", "all"):
         write_data(args.tier)
     if args.stage in ("probe", "all"):
@@ -325,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage in ("train", "all"):
         train(args)
     if args.stage in ("report", "all"):
-        report()
+        report(args)
 
 
 if __name__ == "__main__":
