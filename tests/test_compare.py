@@ -182,6 +182,13 @@ def test_estimate_scales_with_work():
     strong = estimate_seconds({"s": BUILTIN_VARIANTS["rlsd_strong"]}, 1, 60, 0, 0)
     paper = estimate_seconds({"r": {"algorithm": "rlsd"}}, 1, 60, 0, 0)
     assert grpo < paper < strong
+    # steps and evaluations of 4.4x longer completions cost 4.4 ** 2 = 19.36x (sql)
+    g = {"g": {"algorithm": "grpo"}}
+    startup = estimate_seconds(g, 1, 0, 0, 0)
+    steps = estimate_seconds(g, 1, 60, 0, 0, completion_length=176) - startup
+    assert abs(steps / (grpo - startup) - 19.36) < 1e-6
+    evals = estimate_seconds(g, 1, 0, 100, 0, completion_length=176, eval_samples=4)
+    assert abs((evals - startup) / (100 * 2 * 0.007) - 4 * 19.36) < 1e-6
 
 
 def test_prepare_skip_resume_fresh(tmp_path):

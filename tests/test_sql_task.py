@@ -3,6 +3,7 @@ the held-out split, and the `sql` verifier on its rows."""
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 
@@ -245,3 +246,28 @@ def test_train_takes_the_tasks_defaults_unless_the_user_sets_them(tmp_path):
     _, config = parsed([str(yaml_file)])
     assert config.per_device_train_batch_size == config.generation_batch_size == 16
     assert config.max_steps == TASK.train_defaults.get("max_steps", CPU_DEFAULTS["max_steps"])
+
+
+@pytest.mark.slow
+def test_train_task_sql_uses_the_shipped_sql_model_and_scores_by_execution(tmp_path, capsys):
+    """`rlsd train --task sql`: the shipped 512-position model, the task's defaults, the
+    self-teacher's prompts (reference + question, ~400 characters) within its positions, and
+    held-out execution accuracy above zero from the start (the warm start works)."""
+    from rlsd.cli import main
+    from rlsd.models import default_model_path
+
+    out = tmp_path / "run"
+    argv = ["train", "--task", "sql", "--max_steps", "2", "--per_device_train_batch_size", "16"]
+    argv += ["--eval_every", "0", "--eval_num_samples", "1", "--output_dir", str(out)]
+    assert main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["model_name_or_path"] in (None, str(default_model_path(TASK)))
+    assert config["config"]["max_completion_length"] == TASK.max_completion_length
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    before = next(r for r in records if r["step"] == 0 and "eval/accuracy" in r)
+    assert before["eval/accuracy"] > 0.1  # execution accuracy of the shipped warm start
+    assert "eval/context_leak_rate" in before
+    steps = [r for r in records if "rewards/routed/mean" in r]
+    assert len(steps) == 2 and all("rlsd/lambda" in r for r in steps)
+    # the teacher scored responses from the shared prefix: its prompts fit the 512 positions
+    assert any(r.get("time/teacher_responses", 0) > 0 for r in steps)

@@ -171,8 +171,14 @@ def estimate_seconds(
     eval_every: int,
     batch: int = 128,
     jobs: int = 1,
+    completion_length: int = 40,
+    eval_samples: int = 1,
 ) -> float:
     """Wall-time estimate of a compare (the cost model above; `jobs` up to the core count).
+
+    Step and evaluation costs scale with `(completion_length / 40) ** 2`: fitted to the sql
+    task (176-token completions, 60-character prompts), whose steps cost about 19x those of
+    `mixed` at the same batch; the evaluations also with `eval_samples`.
 
     Per run: startup + steps x step cost (x (1 + the algorithm's teacher_cost) while the
     teacher runs: every step for opsd/grpo_opsd and constant-lambda rlsd, the first decay
@@ -181,7 +187,8 @@ def estimate_seconds(
     """
     from rlsd.config import ALGORITHM_SPECS
 
-    step_s = STEP_S_PER_128 * batch / 128
+    length = max(1.0, completion_length / 40) ** 2
+    step_s = STEP_S_PER_128 * batch / 128 * length
     # Before the first step, every `eval_every` steps, and after the last (if not just done).
     evals = 2 if not eval_every else 1 + max_steps // eval_every + bool(max_steps % eval_every)
     total = 0.0
@@ -192,7 +199,7 @@ def estimate_seconds(
             decay = int(flags.get("rlsd_lambda_decay_steps", 50))
             teacher_steps = max_steps if decay == 0 else min(max_steps, decay - 1)
         run = STARTUP_S + max_steps * step_s + teacher_steps * step_s * spec.teacher_cost
-        total += seeds * (run + evals * num_eval * EVAL_S_PER_PROBLEM)
+        total += seeds * (run + evals * num_eval * eval_samples * length * EVAL_S_PER_PROBLEM)
     return total / max(1, min(jobs, os.cpu_count() or 1))
 
 
@@ -386,7 +393,18 @@ def main(argv: list[str]) -> dict[str, Any]:
         for name, flags in variants.items()
     ]
     batch = _flag_value(preset.train_flags + passthrough, "per_device_train_batch_size", 128)
-    estimate = estimate_seconds(variants, seeds, max_steps, num_eval, eval_every, batch, args.jobs)
+    length = _flag_value(passthrough, "max_completion_length", _task_completion_length(args.task))
+    estimate = estimate_seconds(
+        variants,
+        seeds,
+        max_steps,
+        num_eval,
+        eval_every,
+        batch,
+        args.jobs,
+        length,
+        _flag_value(passthrough, "eval_num_samples", 1),
+    )
     print(
         f"rlsd compare: {len(variants)} variants x {seeds} seeds = {len(runs)} runs of "
         f"{max_steps} steps, {num_eval} held-out problems every {eval_every} steps -> {output} "
@@ -425,6 +443,12 @@ def main(argv: list[str]) -> dict[str, Any]:
             f"rlsd compare: {len(failed)} run(s) failed: {failed}; see their train.log."
         )
     return {"output": str(output), "rows": rows, "status": status, "estimate_s": estimate}
+
+
+def _task_completion_length(task: str) -> int:
+    from rlsd.tasks import TASKS
+
+    return TASKS[task].max_completion_length if task in TASKS else 40
 
 
 def _flag_value(flags: list[str], name: str, default: int) -> int:
