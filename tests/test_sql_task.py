@@ -209,6 +209,13 @@ def test_sft_on_sql_repeats_problems_routes_to_sql_and_sets_positions(tmp_path, 
     examples = build_examples(SFTArgs(task="sql", num_train=300), build_tokenizer())
     assert len(examples) == 300  # 127 training problems, repeated
     assert max(len(ids) for ids, _ in examples) > 256  # the self-teacher's format: 512 positions
+    # --num_problems: SFT sees the first 10 of the seed's order only, the rest stay new for RL
+    tokenizer = build_tokenizer()
+    few = build_examples(SFTArgs(task="sql", num_train=300, num_problems=10), tokenizer)
+    targets = {tuple(labels) for _, labels in few}
+    first = TASK.problems("train", 10)
+    solutions = {tuple(tokenizer(p.solution, add_special_tokens=False)["input_ids"]) for p in first}
+    assert {tuple(t for t in labels if t != -100)[:-1] for labels in targets} == solutions
     args = SFTArgs(
         output_dir=str(tmp_path / "m"),
         task="sql",
