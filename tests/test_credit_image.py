@@ -246,7 +246,14 @@ def test_cli_with_image_paths_one_and_two_per_row(vlm_path, rows, tmp_path):
 
 
 def test_cli_defaults_to_the_shipped_vlm_for_a_visual_task(vlm_path, tmp_path, monkeypatch):
-    monkeypatch.setattr(tiny_vlm, "DEFAULT_VLM_PATH", vlm_path)
+    import rlsd.models
+    from rlsd.tasks import get_task
+
+    task = get_task("counting_visual")
+    assert rlsd.models.default_model_path(task) == tiny_vlm.DEFAULT_VLM_PATH
+    shipped = {tiny_vlm.DEFAULT_VLM_PATH: vlm_path}  # a random VLM stands in for speed
+    real = rlsd.models.default_model_path
+    monkeypatch.setattr(rlsd.models, "default_model_path", lambda t: shipped.get(real(t), real(t)))
     main(
         ["--task", "counting_visual", "--output", str(tmp_path), "--num_problems", "1"]
         + ["--group_size", "2", "--max_new_tokens", "4"]

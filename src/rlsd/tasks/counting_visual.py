@@ -115,6 +115,7 @@ class CountingVisualTask(Task):
     name = "counting_visual"
     max_completion_length = 64  # the longest solution is 57 characters, plus the EOS
     has_images = True
+    default_model = "tiny_vlm"  # the shipped tiny vision-language model
 
     def __init__(self, min_shapes: int = 2, max_shapes: int = 7):
         if not 1 <= min_shapes <= max_shapes <= GRID * GRID:
