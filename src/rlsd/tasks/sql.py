@@ -24,8 +24,10 @@ Sized for a character-level model: five question templates with parameters, shor
 column names (months are YYMM integers), one schema line of 52 characters; the student's
 prompt plus the longest solution fit in 256 positions (238 with BOS and EOS), the
 self-teacher's, which also holds the reference, needs 397: a tiny model for this task is
-built with 512 positions (`rlsd sft --task sql --max_positions 512`; RoPE, so the parameter
-count is unchanged).
+built with 512 positions (RoPE, so the parameter count is unchanged). The shipped one,
+`rlsd/models/tiny_sql` (`default_model`), is `rlsd sft --task sql --max_positions 512
+--num_problems 64 --num_train 20000 --max_steps 300 --eval_every 100 --target_accuracy 1.0`:
+SFT on 64 of the training questions, so that the RL stage has questions it has not memorised.
 
 Held-out split, fixed across seeds (the seed only orders the problems): every question about
 `CA` or `IN` (countries never asked about in training, though they occur inside region lists)
