@@ -263,20 +263,16 @@ def evaluate(
             metrics[f"pass@{k}"] = sum(pass_at_k(num_samples, sum(c), k) for c in correct) / max(
                 1, len(rows)
             )
+    responses = [completion_text(s) for ss in samples for s in ss]
     privileged = [row.get("privileged_context") or row.get("answer") for row in rows]
-    if any(p for p in privileged):
-        flags = leak_flags(
-            [completion_text(s) for ss in samples for s in ss],
-            [p for p in privileged for _ in range(num_samples)],
-        )
-        metrics["leak_rate"] = sum(flags) / max(1, len(flags))
     contexts = [context_beyond_answer(row) for row in rows]
-    if contexts != privileged:
-        flags = leak_flags(
-            [completion_text(s) for ss in samples for s in ss],
-            [c for c in contexts for _ in range(num_samples)],
-        )
-        metrics["context_leak_rate"] = sum(flags) / max(1, len(flags))
+    for key, sources, wanted in (
+        ("leak_rate", privileged, any(p for p in privileged)),
+        ("context_leak_rate", contexts, contexts != privileged),
+    ):
+        if wanted:
+            flags = leak_flags(responses, [c for c in sources for _ in range(num_samples)])
+            metrics[key] = sum(flags) / max(1, len(flags))
     if greedy:
         greedy_samples = generate(
             model, tokenizer, prompts, 1, 0.0, max_new_tokens, batch_size, images=images_or_none

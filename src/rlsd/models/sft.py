@@ -104,7 +104,9 @@ def build_examples(args: SFTArgs, tokenizer) -> list[tuple[list[int], list[int]]
         p = problems[i % len(problems)]
         prompt = p.question
         if rng.random() < args.teacher_fraction:
-            # the worked solution four times in five, else another kind the task offers
+            # the worked solution four times in five, else another kind the task offers (drawn
+            # only when there are several: the other tasks' data, and the shipped tiny model
+            # rebuilt from it, stay as they were)
             others = [k for k in task.privileged_kinds if k != "solution"]
             kind = "solution" if rng.random() < 0.8 else others[0]
             if kind != "solution" and len(others) > 1:
