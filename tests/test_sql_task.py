@@ -4,6 +4,7 @@ the held-out split, and the `sql` verifier on its rows."""
 from __future__ import annotations
 
 import json
+import random
 import re
 import sqlite3
 
@@ -172,6 +173,21 @@ def test_held_out_split_is_fixed_and_disjoint():
         TASK.problems("test", 3)
 
 
+def test_counterfactual_questions_are_training_ones_under_other_rules():
+    rng = random.Random(0)
+    problems = [TASK.counterfactual(rng) for _ in range(300)]
+    train_questions = {p.question for p in TASK.problems("train", 10_000)}
+    real = {p.question: p.solution for p in TASK.problems("train", 10_000)}
+    assert {p.question for p in problems} <= train_questions  # never a held-out question
+    assert sum(p.solution != real[p.question] for p in problems) > 270
+    # as long as the real rules' solutions, and the gold query runs
+    assert max(len(p.solution) for p in problems) + 1 <= TASK.max_completion_length
+    for p in problems[:30]:
+        assert p.solution.endswith(p.answer) and p.privileged["sql"] == p.answer
+        assert p.privileged["answer"] == f"A:{_rows(p.answer)[0][0]}"
+    assert get_task("arithmetic").counterfactual(rng) is None  # no rules to change
+
+
 def test_sql_verifier_scores_gold_1_and_wrong_0():
     rows = make_rows(TASK.problems("eval", 10_000))
     reward = get_verifier("sql")
@@ -211,11 +227,26 @@ def test_sft_on_sql_repeats_problems_routes_to_sql_and_sets_positions(tmp_path, 
     assert max(len(ids) for ids, _ in examples) > 256  # the self-teacher's format: 512 positions
     # --num_problems: SFT sees the first 10 of the seed's order only, the rest stay new for RL
     tokenizer = build_tokenizer()
-    few = build_examples(SFTArgs(task="sql", num_train=300, num_problems=10), tokenizer)
-    targets = {tuple(labels) for _, labels in few}
     first = TASK.problems("train", 10)
     solutions = {tuple(tokenizer(p.solution, add_special_tokens=False)["input_ids"]) for p in first}
-    assert {tuple(t for t in labels if t != -100)[:-1] for labels in targets} == solutions
+
+    def targets(examples):
+        return [tuple(t for t in labels if t != -100)[:-1] for _, labels in examples]
+
+    plain = SFTArgs(task="sql", num_train=300, num_problems=10, counterfactual_fraction=0.0)
+    assert set(targets(build_examples(plain, tokenizer))) == solutions
+    # the default: a third of the examples are asked under other rules; their target is no
+    # real solution, and the self-teacher's prompt shows it (whole, or its rules or its query)
+    few = build_examples(SFTArgs(task="sql", num_train=300, num_problems=10), tokenizer)
+    other = [(ids, t) for (ids, _), t in zip(few, targets(few)) if t not in solutions]
+    assert 0.2 < len(other) / len(few) < 0.5
+    shown = {"whole": 0, "part": 0}
+    for ids, target in other:
+        prompt, text = tokenizer.decode(ids[: -len(target) - 1]), tokenizer.decode(target)
+        rules, query = text.split("\n")
+        shown["whole" if f"R:{text}\n" in prompt else "part"] += 1
+        assert f"R:{rules}\n" in prompt or f"R:{query}\n" in prompt
+    assert shown["whole"] > 3 * shown["part"] > 0  # the worked solution four times in five
     args = SFTArgs(
         output_dir=str(tmp_path / "m"),
         task="sql",

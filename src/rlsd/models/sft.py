@@ -56,6 +56,10 @@ class SFTArgs:
     # distinct training problems SFT sees (0: all `num_train`). The sql task's pool is small
     # (127): SFT on part of it leaves problems the model has not memorised for the RL stage.
     num_problems: int = 0
+    # of the self-teacher-format examples, the share asked under other rules than the task's
+    # (`Task.counterfactual`, where the task has them: sql), whose reference only the
+    # reference tells: the self-teacher learns to read it instead of memorising the answers
+    counterfactual_fraction: float = 0.5
 
 
 def _optimizer_step(model, optimizer, loss) -> None:
@@ -98,6 +102,9 @@ def build_examples(args: SFTArgs, tokenizer) -> list[tuple[list[int], list[int]]
     rng = random.Random(args.seed)
     examples = []
     problems = task.problems("train", args.num_problems or args.num_train, args.seed)
+    counterfactuals = (
+        args.counterfactual_fraction > 0 and task.counterfactual(random.Random(0)) is not None
+    )
     # a task with fewer distinct problems than `num_train` (sql) repeats them, each time in a
     # format drawn anew
     for i in range(args.num_train):
@@ -111,6 +118,8 @@ def build_examples(args: SFTArgs, tokenizer) -> list[tuple[list[int], list[int]]
             kind = "solution" if rng.random() < 0.8 else others[0]
             if kind != "solution" and len(others) > 1:
                 kind = rng.choice(others)
+            if counterfactuals and kind != "answer" and rng.random() < args.counterfactual_fraction:
+                p = task.counterfactual(rng)  # a result alone cannot tell other rules' query
             prompt = fill_template(task.teacher_template, p.question, privileged_text(p, kind))
         examples.append(_example(tokenizer, prompt, p.solution))
     return examples

@@ -57,6 +57,13 @@ class Task(ABC):
     def sample(self, rng: random.Random) -> Problem:
         """Draw one problem."""
 
+    def counterfactual(self, rng: random.Random) -> Problem | None:
+        """A training question asked under other rules than the task's own, so that only its
+        reference tells the solution, or None where the task has no such rules (the default).
+        `rlsd sft` shows some in the self-teacher's format: a tiny model that could memorise
+        every answer learns there to read the reference it is shown."""
+        return None
+
     def key(self, problem: Problem) -> str:
         """What makes two problems the same (for distinct draws and the held-out split): the
         question; a visual task, whose question text repeats, adds what it drew."""

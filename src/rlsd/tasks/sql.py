@@ -26,7 +26,8 @@ prompt plus the longest solution fit in 256 positions (238 with BOS and EOS), th
 self-teacher's, which also holds the reference, needs 397: a tiny model for this task is
 built with 512 positions (RoPE, so the parameter count is unchanged). The shipped one,
 `rlsd/models/tiny_sql` (`default_model`), is `rlsd sft --task sql --max_positions 512
---num_problems 64 --num_train 20000 --max_steps 300 --eval_every 100 --target_accuracy 1.0`:
+--num_problems 64 --num_train 20000 --max_steps 300 --eval_every 100 --target_accuracy 1.0
+--counterfactual_fraction 0`:
 SFT on 64 of the training questions, so that the RL stage has questions it has not memorised.
 
 Held-out split, fixed across seeds (the seed only orders the problems): every question about
@@ -38,6 +39,7 @@ split's pool.
 
 from __future__ import annotations
 
+import copy
 import random
 import re
 import sqlite3
@@ -209,6 +211,21 @@ class SqlTask(Task):
     # ----------------------------------------------------------------- the Task interface
     def sample(self, rng: random.Random) -> Problem:
         return self.problem(*rng.choice(self.combinations()))
+
+    def counterfactual(self, rng: random.Random) -> Problem:
+        """A training question under rules drawn at random: another cut-off month (or the CRM
+        flag) for `active`, a minimum amount or no returns for `net`, another first month of
+        the fiscal year, ten countries dealt anew into regions of four, three and three. The
+        reference is as long as the real rules' (it fits `max_completion_length`)."""
+        other = copy.copy(self)  # the same database and result cache, other rules
+        month = rng.choice([y * 100 + m for y in range(21, 26) for m in range(1, 13)])
+        other.active = rng.choice([f"lo>={month}", "st='A'"])
+        other.net = rng.choice(["ret=0", f"amt>={rng.randrange(100, 1000, 100)}"])
+        other.fy_start = rng.randint(1, 12)
+        dealt = rng.sample(COUNTRIES, 10)
+        other.regions = dict(zip(REGIONS, (dealt[:4], dealt[4:7], dealt[7:]), strict=True))
+        training = [c for c in self.combinations() if not self.is_held_out(*c)]
+        return other.problem(*rng.choice(training))
 
     def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
         """At most `n` distinct problems of `split`, in an order set by `seed`; the split itself
