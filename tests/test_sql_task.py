@@ -235,17 +235,22 @@ def test_sft_on_sql_repeats_problems_routes_to_sql_and_sets_positions(tmp_path, 
 
     plain = SFTArgs(task="sql", num_train=300, num_problems=10, counterfactual_fraction=0.0)
     assert set(targets(build_examples(plain, tokenizer))) == solutions
-    # the default: a third of the examples are asked under other rules; their target is no
-    # real solution, and the self-teacher's prompt shows it (whole, or its rules or its query)
+    # the default: every self-teacher example but those shown the query's result alone (0.7 x
+    # (1 - 0.2 / 3) of all) is asked under other rules; its target is no real solution, and
+    # the self-teacher's prompt shows it (whole, or its rules or its query)
     few = build_examples(SFTArgs(task="sql", num_train=300, num_problems=10), tokenizer)
     other = [(ids, t) for (ids, _), t in zip(few, targets(few)) if t not in solutions]
-    assert 0.2 < len(other) / len(few) < 0.5
+    assert 0.55 < len(other) / len(few) < 0.75
+    half = build_examples(
+        SFTArgs(task="sql", num_train=300, num_problems=10, counterfactual_fraction=0.5), tokenizer
+    )
+    assert 0.2 < sum(t not in solutions for t in targets(half)) / len(half) < 0.45
     shown = {"whole": 0, "part": 0}
     for ids, target in other:
         prompt, text = tokenizer.decode(ids[: -len(target) - 1]), tokenizer.decode(target)
         rules, query = text.split("\n")
-        shown["whole" if f"R:{text}\n" in prompt else "part"] += 1
-        assert f"R:{rules}\n" in prompt or f"R:{query}\n" in prompt
+        shown["whole" if f"R:{text}" in prompt else "part"] += 1
+        assert f"R:{rules}" in prompt or f"R:{query}" in prompt
     assert shown["whole"] > 3 * shown["part"] > 0  # the worked solution four times in five
     args = SFTArgs(
         output_dir=str(tmp_path / "m"),

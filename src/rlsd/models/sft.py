@@ -6,7 +6,10 @@ it is shown, as a pretrained LLM would. A model trained from scratch must learn 
 most of the SFT data (`teacher_fraction`, default 0.7) is in the self-teacher's format,
 prompt plus reference solution then the solution (a fifth of those show only the final answer
 as the reference, so the `privileged="answer"` option is meaningful too; a task with more
-kinds, `sql`, spreads that fifth over all of them). Copying is learned
+kinds, `sql`, spreads that fifth over all of them). A task whose questions are few enough to
+memorise (`sql`: 127) would teach the self-teacher to recall rather than read, so there its
+self-teacher examples are asked under rules drawn at random (`Task.counterfactual`,
+`counterfactual_fraction`), which only the reference tells. Copying is learned
 later than one might think (an induction-head transition), so SFT stops at the first
 evaluation where the student's sampled accuracy has reached `target_accuracy` AND the
 teacher's (with the reference) has reached `teacher_target`, or at `max_steps`.
@@ -57,9 +60,9 @@ class SFTArgs:
     # (127): SFT on part of it leaves problems the model has not memorised for the RL stage.
     num_problems: int = 0
     # of the self-teacher-format examples, the share asked under other rules than the task's
-    # (`Task.counterfactual`, where the task has them: sql), whose reference only the
-    # reference tells: the self-teacher learns to read it instead of memorising the answers
-    counterfactual_fraction: float = 0.5
+    # (`Task.counterfactual`, where the task has them: sql), whose solution only the
+    # reference tells: the self-teacher learns to read it instead of recalling the answer
+    counterfactual_fraction: float = 1.0
 
 
 def _optimizer_step(model, optimizer, loss) -> None:

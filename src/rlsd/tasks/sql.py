@@ -26,9 +26,11 @@ prompt plus the longest solution fit in 256 positions (238 with BOS and EOS), th
 self-teacher's, which also holds the reference, needs 397: a tiny model for this task is
 built with 512 positions (RoPE, so the parameter count is unchanged). The shipped one,
 `rlsd/models/tiny_sql` (`default_model`), is `rlsd sft --task sql --max_positions 512
---num_problems 64 --num_train 20000 --max_steps 300 --eval_every 100 --target_accuracy 1.0
---counterfactual_fraction 0`:
-SFT on 64 of the training questions, so that the RL stage has questions it has not memorised.
+--num_problems 64 --num_train 20000 --max_steps 600 --eval_every 100 --target_accuracy 1.0
+--counterfactual_fraction 1.0`: the student's examples are 64 of the training questions, so
+that the RL stage has questions it has not memorised; the self-teacher's are training
+questions asked under rules drawn at random (`counterfactual`), so that it learns to read
+its reference rather than recall an answer.
 
 Held-out split, fixed across seeds (the seed only orders the problems): every question about
 `CA` or `IN` (countries never asked about in training, though they occur inside region lists)
@@ -96,7 +98,8 @@ class SqlTask(Task):
     privileged_kinds = ("solution", "answer", "sql", "rules")
     # `rlsd train --task sql`: 60 steps of the CPU default's 128 completions, under 10 minutes
     # on 2 CPU cores (completions are 5x longer than the other tasks'); every held-out question
-    # sampled 4 times (47 questions are few). 32 completions a step moved nothing (results.md)
+    # sampled 4 times (47 questions are few). With the first warm start, 32 completions a step
+    # moved nothing (results.md)
     train_defaults = {"max_steps": 60, "eval_every": 20, "eval_num_samples": 4}
 
     def __init__(self, docs_dir: Path = DOCS_DIR, database: Path = DB_PATH):
