@@ -93,6 +93,12 @@ PRESETS = {
 STEP_S_PER_128 = 1.3
 EVAL_S_PER_PROBLEM = 0.007
 STARTUP_S = 8.0
+# Steps and evaluations cost `(completion_length / 40) ** LENGTH_EXPONENT` times more: fitted
+# to the sql compare of docs/results.md (176-token cap, 118 tokens written on average; 36 runs
+# of 30 steps of 32 completions, 4 evaluations of 47 x 4 samples) on the idle CPU, two runs at
+# a time: 35 minutes measured, 38 estimated. (A square, fitted to the same compare beside
+# other jobs, said 96 minutes.)
+LENGTH_EXPONENT = 1.35
 
 
 # --------------------------------------------------------------------------- the variants
@@ -176,9 +182,8 @@ def estimate_seconds(
 ) -> float:
     """Wall-time estimate of a compare (the cost model above; `jobs` up to the core count).
 
-    Step and evaluation costs scale with `(completion_length / 40) ** 2`: fitted to the sql
-    task (176-token completions, 60-character prompts), whose steps cost about 19x those of
-    `mixed` at the same batch; the evaluations also with `eval_samples`.
+    Step and evaluation costs scale with `(completion_length / 40) ** LENGTH_EXPONENT` (7.4x
+    for the sql task's 176 tokens, see above); the evaluations also with `eval_samples`.
 
     Per run: startup + steps x step cost (x (1 + the algorithm's teacher_cost) while the
     teacher runs: every step for opsd/grpo_opsd and constant-lambda rlsd, the first decay
@@ -187,7 +192,7 @@ def estimate_seconds(
     """
     from rlsd.config import ALGORITHM_SPECS
 
-    length = max(1.0, completion_length / 40) ** 2
+    length = max(1.0, completion_length / 40) ** LENGTH_EXPONENT
     step_s = STEP_S_PER_128 * batch / 128 * length
     # Before the first step, every `eval_every` steps, and after the last (if not just done).
     evals = 2 if not eval_every else 1 + max_steps // eval_every + bool(max_steps % eval_every)
