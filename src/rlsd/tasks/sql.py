@@ -219,7 +219,7 @@ class SqlTask(Task):
         """A training question under rules drawn at random: another cut-off month (or the CRM
         flag) for `active`, a minimum amount or no returns for `net`, another first month of
         the fiscal year, ten countries dealt anew into regions of four, three and three. The
-        reference is as long as the real rules' (it fits `max_completion_length`)."""
+        worked solution stays within `max_completion_length` (162 characters at most)."""
         other = copy.copy(self)  # the same database and result cache, other rules
         month = rng.choice([y * 100 + m for y in range(21, 26) for m in range(1, 13)])
         other.active = rng.choice([f"lo>={month}", "st='A'"])
