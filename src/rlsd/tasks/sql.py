@@ -115,6 +115,8 @@ class SqlTask(Task):
         self.fy_start = int(start.group(1))
         self.regions = {r: rules[r].split(",") for r in REGIONS}
         self._results: dict[str, str] = {}
+        # the questions `counterfactual` asks under other rules (it is called once per SFT example)
+        self._training = [c for c in self.combinations() if not self.is_held_out(*c)]
 
     # ----------------------------------------------------------------- the rules, as SQL
     def _place(self, place: str) -> tuple[str, list[str]]:
@@ -227,8 +229,7 @@ class SqlTask(Task):
         other.fy_start = rng.randint(1, 12)
         dealt = rng.sample(COUNTRIES, 10)
         other.regions = dict(zip(REGIONS, (dealt[:4], dealt[4:7], dealt[7:]), strict=True))
-        training = [c for c in self.combinations() if not self.is_held_out(*c)]
-        return other.problem(*rng.choice(training))
+        return other.problem(*rng.choice(self._training))
 
     def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
         """At most `n` distinct problems of `split`, in an order set by `seed`; the split itself
