@@ -46,7 +46,17 @@ class ScriptArguments:
         default="mixed",
         metadata={
             "help": "Built-in task when no dataset is given: mixed (default: arithmetic, counting "
-            "and paths problems), arithmetic, counting, paths."
+            "and paths problems), arithmetic, counting, paths, sql, counting_visual, or "
+            "rg:<dataset>, a reasoning-gym generator (e.g. rg:chain_sum; its scorer is the "
+            "verifier)."
+        },
+    )
+    task_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "The rg:<dataset> generator's configuration: a JSON object on the command "
+            "line (--task_config '{\"min_terms\": 2}') or a mapping under `task_config:` in the "
+            "YAML file; the keys are the fields of the generator's config dataclass."
         },
     )
     dataset_path: str | None = field(
@@ -62,7 +72,8 @@ class ScriptArguments:
         default="solution",
         metadata={
             "help": "Built-in task privileged context: 'solution' (worked) or 'answer' (final "
-            "only)."
+            "only); the sql task adds 'sql' and 'rules'. An rg: task without worked solutions "
+            "defaults to 'answer'."
         },
     )
     reward_funcs: list[str] = field(
@@ -277,6 +288,17 @@ def _build_context(
     return train_rows, eval_rows, provenance
 
 
+def resolve_task(name: str, task_config: Any = None):
+    """The `Task` a `--task` / `--task_config` pair names; a `UserError` listing the choices."""
+    from rlsd.tasks import get_task
+    from rlsd.tasks.reasoning_gym import parse_task_config
+
+    try:
+        return get_task(name, parse_task_config(task_config))
+    except ValueError as e:  # an unknown task, dataset or configuration key
+        raise UserError(str(e)) from e
+
+
 def _task_flags(task, argv: list[str]) -> list[str]:
     """`rlsd train` flags for the task's own defaults (`max_completion_length`, and
     `Task.train_defaults`: a shorter run for the sql task), each one only where neither the
@@ -306,27 +328,28 @@ def train_main(argv: list[str]) -> dict:
 
     from rlsd.callbacks import ConsoleCallback, HeldOutEvalCallback, RunFolderCallback
     from rlsd.data import read_rows, to_dataset
-    from rlsd.models import DEFAULT_MODEL_PATH, default_model_path
+    from rlsd.models import resolve_model_path
     from rlsd.reports.plots import plot_run
-    from rlsd.tasks import TASKS, get_task, make_rows
+    from rlsd.tasks import make_rows
     from rlsd.teacher import DEFAULT_TEACHER_TEMPLATE
     from rlsd.trainer import RLSDTrainer
 
     script, config, model_config = parse_train_args(argv)
-    if script.dataset_path is None and script.task in TASKS:
-        task_flags = _task_flags(TASKS[script.task](), argv)
+    task = None
+    if script.dataset_path is None:
+        task = resolve_task(script.task, script.task_config)
+        task_flags = _task_flags(task, argv)
         if task_flags:  # parsed again, so that every value derived from them follows
             script, config, model_config = parse_train_args([*argv, *task_flags])
     out = Path(str(config.output_dir))  # always set by parse_train_args
-    model_path = model_config.model_name_or_path or str(DEFAULT_MODEL_PATH)
-    if script.dataset_path is None:
-        try:
-            task = get_task(script.task)
-        except ValueError as e:  # an unknown task
-            raise UserError(str(e)) from e
-        if not model_config.model_name_or_path:  # the task's shipped model
-            model_path = str(default_model_path(task))
-        if config.teacher_template == DEFAULT_TEACHER_TEMPLATE:  # the task's compact format
+    model_path = resolve_model_path(model_config.model_name_or_path, task)
+    if task is not None:
+        if script.privileged not in task.privileged_kinds:
+            raise UserError(
+                f"--privileged {script.privileged}: task {task.name} has "
+                f"{', '.join(task.privileged_kinds)}"
+            )
+        if config.teacher_template == DEFAULT_TEACHER_TEMPLATE:  # the task's own format
             config.teacher_template = task.teacher_template
         try:
             train_rows = make_rows(
@@ -335,7 +358,7 @@ def train_main(argv: list[str]) -> dict:
             eval_rows = make_rows(
                 task.problems("eval", script.num_eval, config.seed), script.privileged
             )
-        except ValueError as e:  # a `privileged` kind the task does not have
+        except ValueError as e:  # more problems than the task's configuration holds
             raise UserError(str(e)) from e
     else:
         train_rows = read_rows(script.dataset_path)
@@ -433,6 +456,9 @@ def eval_parser() -> argparse.ArgumentParser:
         "--dataset_path", default=None, help="data file (default: the built-in task's eval split)"
     )
     parser.add_argument("--task", default="mixed", help="built-in task, without --dataset_path")
+    parser.add_argument(
+        "--task_config", default=None, help="rg:<dataset> generator configuration (JSON object)"
+    )
     parser.add_argument("--num_eval", type=int, default=500, help="built-in task: problems")
     parser.add_argument("--seed", type=int, default=0, help="problems and sampling seed")
     parser.add_argument(
@@ -457,22 +483,22 @@ def eval_main(argv: list[str]) -> dict:
 
     from rlsd.data import read_rows
     from rlsd.evaluation import evaluate
-    from rlsd.models import DEFAULT_MODEL_PATH, default_model_path
-    from rlsd.tasks import get_task, make_rows
+    from rlsd.models import resolve_model_path
+    from rlsd.tasks import make_rows
 
-    path = args.model or str(DEFAULT_MODEL_PATH)
+    path = resolve_model_path(args.model)
     max_new_tokens = args.max_new_tokens or 40
     if args.dataset_path:
         rows = read_rows(args.dataset_path)
     else:
+        task = resolve_task(args.task, args.task_config)
         try:
-            task = get_task(args.task)
-            rows = make_rows(task.problems("eval", args.num_eval, args.seed))
-        except ValueError as e:  # an unknown task
+            problems = task.problems("eval", args.num_eval, args.seed)
+            rows = make_rows(problems, task.privileged_kinds[0])
+        except ValueError as e:  # more problems than the task's configuration holds
             raise UserError(str(e)) from e
         max_new_tokens = args.max_new_tokens or task.max_completion_length
-        if not args.model:  # the task's shipped model
-            path = str(default_model_path(task))
+        path = resolve_model_path(args.model, task)
     reward_fn = _reward_funcs(rows, args.reward_funcs[:1])[0]
     tokenizer, model = _load_model(path)
     ks = tuple(k for k in (1, 2, 4, 8, 16, 32) if k <= args.num_samples)

@@ -31,6 +31,7 @@ VERIFIER_COLUMNS: dict[str, tuple[str, ...]] = {
     "sql": ("answer", "database"),
     "code": ("tests",),
     "json_schema": ("schema",),
+    "rg": ("rg_dataset", "rg_config", "rg_index"),
 }
 MAX_ERRORS_SHOWN = 20
 

@@ -15,6 +15,8 @@ vision-language conventions); its model is `rlsd.models.tiny_vlm`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from rlsd.tasks.base import Problem, Task, make_rows, privileged_text
 from rlsd.tasks.counting_visual import CountingVisualTask
 from rlsd.tasks.sql import SqlTask
@@ -30,12 +32,28 @@ TASKS: dict[str, type[Task]] = {
 }
 
 
-def get_task(name: str) -> Task:
-    """Return a built-in task by name (`arithmetic`, `counting`, `paths`, `mixed`, `sql` or
-    `counting_visual`)."""
+def task_names() -> list[str]:
+    """What `--task` accepts: the built-in names and the `rg:<dataset>` family."""
+    return [*TASKS, "rg:<dataset>"]
+
+
+def get_task(name: str, config: dict[str, Any] | None = None) -> Task:
+    """A built-in task by name (`arithmetic`, `counting`, `paths`, `mixed`, `sql`,
+    `counting_visual`) or a reasoning-gym generator, `rg:<dataset>`, with its generator
+    configuration `config` (`--task_config`; the built-in tasks take none). One-line
+    `ValueError`s that list the choices."""
+    if name.startswith("rg:"):
+        from rlsd.tasks.reasoning_gym import ReasoningGymTask
+
+        return ReasoningGymTask(name[3:], config)
     if name not in TASKS:
-        raise ValueError(f"Unknown built-in task {name!r}; choose one of {sorted(TASKS)}.")
+        raise ValueError(
+            f"unknown task {name!r}; choose one of {', '.join(task_names())} "
+            "(e.g. rg:chain_sum)"
+        )
+    if config:
+        raise ValueError(f"task {name!r} takes no task_config (only rg:<dataset> tasks do)")
     return TASKS[name]()
 
 
-__all__ = ["TASKS", "Problem", "Task", "get_task", "make_rows", "privileged_text"]
+__all__ = ["TASKS", "Problem", "Task", "get_task", "make_rows", "privileged_text", "task_names"]

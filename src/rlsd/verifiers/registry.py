@@ -3,7 +3,7 @@
 `get_verifier(name_or_import_path, **options)` returns a TRL reward function:
 
 - a built-in name (`VERIFIERS`): `exact`, `numeric`, `regex`, `math`, `code`, `sql`,
-  `json_schema`, `format`, and `routed` (alias `auto`);
+  `json_schema`, `format`, `rg` (reasoning-gym), and `routed` (alias `auto`);
 - a name added with `register_verifier(name, factory)`;
 - an import path `"mypkg.module:func"`. If `func` is already a reward function object
   (`RewardFunction`, `RoutedReward`) it is returned as is; otherwise it is taken to be a
@@ -38,6 +38,7 @@ VERIFIERS: dict[str, str] = {
     "sql": "rlsd.verifiers.sql:sql_verifier",
     "json_schema": "rlsd.verifiers.json_schema:json_schema_verifier",
     "format": "rlsd.verifiers.format:format_reward",
+    "rg": "rlsd.verifiers.reasoning_gym:rg_verifier",  # reasoning-gym's scorers
     "routed": "rlsd.verifiers.registry:RoutedReward",
     "auto": "rlsd.verifiers.registry:RoutedReward",
 }

@@ -30,13 +30,16 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--output", default="credit", help="output folder (default: ./credit)")
     p.add_argument("--task", default="arithmetic", help="built-in task (eval split) if no data")
+    p.add_argument(
+        "--task_config", default=None, help="rg:<dataset> generator configuration (JSON object)"
+    )
     p.add_argument("--dataset_path", default=None, help="rows in rlsd's format (rlsd.data)")
     p.add_argument("--num_problems", type=int, default=6, help="problems to show")
     p.add_argument(
         "--privileged",
-        default="solution",
-        choices=("solution", "answer"),
-        help="built-in task: worked solution or final answer as privileged context",
+        default=None,
+        help="built-in task: its privileged kind, e.g. the worked solution or the final answer "
+        "(default: solution, or the task's own default, answer for rg: tasks without solutions)",
     )
     p.add_argument("--group_size", type=int, default=8, help="G, responses per prompt")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -118,27 +121,30 @@ def load_model(path: str) -> tuple[Any, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Write `args.output`/credit.{html,png,json}, print their paths; returns the paths and
     the summary."""
+    from rlsd.cli import resolve_task
     from rlsd.data import UserError, read_rows
-    from rlsd.models import DEFAULT_MODEL_PATH, default_model_path
+    from rlsd.models import resolve_model_path
     from rlsd.reports.credit.compute import compute_credit, summarize
     from rlsd.reports.credit.page import render_html
     from rlsd.reports.credit.picture import render_png
-    from rlsd.tasks import get_task, make_rows
+    from rlsd.tasks import make_rows
     from rlsd.teacher import example_images
     from rlsd.verifiers import reward_funcs_for
 
-    model_path = args.model or str(DEFAULT_MODEL_PATH)
+    model_path = resolve_model_path(args.model)
     if args.dataset_path:
         rows = read_rows(args.dataset_path)[: args.num_problems]
         template = args.teacher_template or DEFAULT_TEACHER_TEMPLATE
         max_new_tokens = args.max_new_tokens or 40
         source = str(args.dataset_path)
     else:
-        task = get_task(args.task)
-        if not args.model:  # the task's shipped model
-            model_path = str(default_model_path(task))
+        task = resolve_task(args.task, args.task_config)
+        model_path = resolve_model_path(args.model, task)
         problems = task.problems("eval", args.num_problems, args.seed)
-        rows = make_rows(problems, args.privileged)
+        kind = args.privileged or task.train_defaults.get("privileged", "solution")
+        if kind not in task.privileged_kinds:
+            raise UserError(f"--privileged {kind}: task {task.name} has {task.privileged_kinds}")
+        rows = make_rows(problems, kind)
         template = args.teacher_template or task.teacher_template
         max_new_tokens = args.max_new_tokens or task.max_completion_length
         source = f"{args.task} (eval split)"
