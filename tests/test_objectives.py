@@ -293,6 +293,14 @@ def test_rlsd_stats_hand_example():
         "rlsd/adv_hat_mean": (2 * f_row - f_row) / 14,
         "rlsd/adv_hat_abs_mean": (2 * f_row + f_row) / 14,
         "rlsd/adv_hat_over_adv": 2 * f_row / 10,
+        # row 0 has A > 0, row 1 A < 0: the same five factors each
+        "rlsd/adv_hat_over_adv_pos": f_row / 5,
+        "rlsd/adv_hat_over_adv_neg": f_row / 5,
+        # the 10 raw w, sorted: e^-1 e^-1 e^-.1 e^-.1 1 1 e^.1 e^.1 e e; linear quantiles at
+        # positions 0.9, 4.5 and 8.1 fall between equal neighbours
+        "rlsd/w_q10": em1,
+        "rlsd/w_q50": 1.0,
+        "rlsd/w_q90": e1,
     }
     assert set(stats) == set(expected)
     for key, value in expected.items():
@@ -332,7 +340,9 @@ def test_rlsd_stats_negative_only_and_empty_sets():
     # No masked token and no nonzero advantage: every mean is 0.0, not NaN.
     empty = rlsd_stats(torch.zeros(3), logp_s, logp_t, torch.zeros(3, 5), lam=0.25)
     assert empty["rlsd/lambda"] == 0.25
-    assert all(v == 0.0 for k, v in empty.items() if k != "rlsd/lambda")
+    quantiles = {k for k in empty if k.startswith("rlsd/w_q")}
+    assert all(v == 0.0 for k, v in empty.items() if k != "rlsd/lambda" and k not in quantiles)
+    assert quantiles and all(empty[k] == 1.0 for k in quantiles)  # no reweighted token: w = 1
 
 
 def test_rlsd_stats_w_raw_is_capped():

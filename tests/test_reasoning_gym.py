@@ -27,15 +27,19 @@ def test_rows_are_chat_rows_routed_to_the_generator_scorer():
     task = get_task("rg:chain_sum", SUMS)
     assert isinstance(task, ReasoningGymTask) and task.name == "rg:chain_sum"
     (row,) = make_rows(task.problems("train", 1, seed=0), "answer")
-    (message,) = row["prompt"]
+    example, reply, message = row["prompt"]  # one worked turn of the format, then the question
     assert message["role"] == "user" and message["content"].endswith("\n\n" + INSTRUCTION)
+    assert (example["role"], reply["role"]) == ("user", "assistant")
+    assert example["content"].endswith(INSTRUCTION) and reply["content"].startswith("<answer>")
+    held_out = {p.question for p in task.problems("eval", 200, seed=0)}
+    assert example["content"] not in held_out
     assert row["verifier"] == "rg" and row["rg_dataset"] == "chain_sum"
     assert json.loads(row["rg_config"]) == SUMS
     assert row["privileged_context"] == row["answer"]  # chain_sum has no worked solution
     assert task.privileged_kinds == ("answer",) and task.train_defaults == {"privileged": "answer"}
     assert task.teacher_template == DEFAULT_TEACHER_TEMPLATE
     # the teacher sees the question, its instruction and the reference, in the spec's template
-    filled = teacher_prompt(row, task.teacher_template)[0]["content"]
+    filled = teacher_prompt(row, task.teacher_template)[-1]["content"]
     assert filled.startswith(message["content"])
     assert f"Here is a reference solution:\n{row['answer']}\n" in filled
 
@@ -61,7 +65,8 @@ def test_the_scorer_on_hand_written_answers():
     gsm = get_task("rg:gsm_symbolic")
     assert gsm.privileged_kinds == ("solution", "answer") and gsm.train_defaults == {}
     (g,) = make_rows(gsm.problems("train", 1, seed=0), "solution")
-    assert len(g["privileged_context"]) > len(g["answer"]) and g["answer"] in g["privileged_context"]
+    solution = g["privileged_context"]
+    assert len(solution) > len(g["answer"]) and g["answer"] in solution
     assert _score(strict, g, [f"<answer>{g['answer']}</answer>"]) == [1.0]
 
 

@@ -1,4 +1,4 @@
-"""The `rlsd` command: `rlsd train`, `eval`, `sft`, `compare`, `credit` and `context`.
+"""The `rlsd` command: `rlsd train`, `eval`, `sft`, `compare`, `credit`, `probe` and `context`.
 
 Every command is an argparse subcommand of `rlsd` with its own parser and `--help`
 (`rlsd --help` lists them). `rlsd train [CONFIG.yaml] [--key value ...]` is TRL's parser
@@ -560,6 +560,12 @@ def context_main(argv: list[str]) -> dict:
     return context(argv)
 
 
+def probe_main(argv: list[str]) -> dict:
+    from rlsd.reports.probe import main as probe  # its parser: rlsd.reports.probe
+
+    return probe(argv)
+
+
 def credit_main(argv: list[str]) -> dict:
     from rlsd.reports.credit import main as credit  # its parser lives with the report
 
@@ -579,6 +585,9 @@ COMMANDS = {
     "sft": Command("rebuild the warm-started tiny model", sft_main),
     "compare": Command("algorithms side by side over seeds, one report", compare_main),
     "credit": Command("per-token credit page (HTML + PNG)", credit_main),
+    "probe": Command(
+        "does the self-teacher read its privileged context? (true vs shuffled)", probe_main
+    ),
     "context": Command(
         "privileged context from internal documents and a SQLite database", context_main
     ),

@@ -10,7 +10,11 @@ Shapes are written in the docstrings: ``B`` responses in the batch, ``T`` respon
 
 What is here:
   * section 1: ``group_advantages`` (the GRPO direction ``A``),
-  * section 2: ``lambda_at``, ``rlsd_token_advantages`` (the magnitude ``A_hat``),
+  * section 2: ``lambda_at``, ``rlsd_token_advantages`` (the magnitude ``A_hat``), and the
+    magnitude estimators published since the paper, which keep its direction ``sign(A)``
+    and its mix and change only ``delta``: ``cepo_token_advantages`` (CEPO) and
+    ``contrastive_token_advantages`` (RLCSD's contrastive gap); ``estimator_delta`` is the
+    one place where each estimator's ``delta`` is written,
   * section 3: ``clipped_policy_loss`` (the clipped surrogate and its aggregations, written
     out as the reference that TRL's loss is tested against: training itself uses TRL's
     ``_compute_loss``, whose equality with this function ``tests/test_trainer_loss.py``
@@ -39,7 +43,11 @@ import torch.nn.functional as F
 
 __all__ = [
     "DEFAULT_LEAK_PHRASES",
+    "ESTIMATORS",
+    "cepo_token_advantages",
     "clipped_policy_loss",
+    "contrastive_token_advantages",
+    "estimator_delta",
     "generalized_jsd",
     "group_advantages",
     "lambda_at",
@@ -293,21 +301,132 @@ def rlsd_token_advantages(
     Returns:
         ``[B, T]`` float32, detached.
     """
-    _check_shapes(logp_student, logp_teacher, mask, advantages)
-    _check_unit_interval("lam", lam)
-    _check_unit_interval("eps_w", eps_w, open_interval=True)
+    delta = estimator_delta("rlsd", logp_student, logp_teacher, None, mask)
+    return _token_advantages(advantages, delta, mask, lam, eps_w, negative_only)
+
+
+def _checked_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if advantages.shape != mask.shape[:1]:
+        raise ValueError(
+            f"advantages must be [B] = [{mask.shape[0]}] (one scalar per response), "
+            f"got shape {tuple(advantages.shape)}"
+        )
     adv_B = advantages.detach().float()
     if not bool(torch.isfinite(adv_B).all()):
         bad = torch.nonzero(~torch.isfinite(adv_B)).flatten().tolist()
         raise ValueError(f"advantages must be finite; non-finite at rows {bad}")
+    return adv_B
 
+
+def _token_advantages(
+    advantages: torch.Tensor,
+    delta_BT: torch.Tensor,
+    mask: torch.Tensor,
+    lam: float,
+    eps_w: float,
+    negative_only: bool,
+) -> torch.Tensor:
+    """``A * (1 + lam * (w_clip - 1))`` from a finite ``delta_BT`` (``estimator_delta``)."""
+    _check_unit_interval("lam", lam)
+    _check_unit_interval("eps_w", eps_w, open_interval=True)
+    adv_B = _checked_advantages(advantages, mask)
     mask_BT = mask != 0
-    delta_BT = _sanitized_delta(logp_student, logp_teacher, mask_BT)
     sign_B = _reweight_sign(adv_B, negative_only)
     _, _, factor_BT = _mix_factor(sign_B, delta_BT, lam, eps_w)
     # |factor| <= 1 + eps_w, so only an advantage near float32's max can overflow: clamp it.
     adv_hat_BT = (adv_B[:, None] * factor_BT).clamp(-_FLOAT32_MAX, _FLOAT32_MAX)
     return torch.where(mask_BT, adv_hat_BT, torch.zeros_like(adv_hat_BT))
+
+
+# The magnitude estimators: what `delta` each one measures (`estimator_delta`). The config's
+# table (`rlsd.config.ESTIMATOR_SPECS`) says which teacher contexts each needs.
+ESTIMATORS = ("rlsd", "cepo", "contrastive")
+
+
+def estimator_delta(
+    estimator: str,
+    logp_student: torch.Tensor,
+    logp_teacher: torch.Tensor,
+    logp_teacher_wrong: torch.Tensor | None,
+    mask: torch.Tensor,
+    beta: float = 1.0,
+) -> torch.Tensor:
+    """The token evidence ``delta`` ``[B, T]`` of each magnitude estimator, float32, detached,
+    finite, 0 at padded positions (the sanitising of ``rlsd_token_advantages``):
+
+    * ``rlsd`` (the paper, Eq. 13): ``log P_T - log P_S``;
+    * ``cepo`` (CEPO, arXiv 2605.19436): ``log P_T+ - log P_T-``, the teacher shown the
+      reference against the same teacher shown a wrong answer; the student is not used;
+    * ``contrastive`` (RLCSD, arXiv 2606.11709): ``(log P_T - log P_S) - beta * (log P_T- -
+      log P_S)``, the gap under the true hint minus ``beta`` times the gap under a wrong (or
+      shuffled) one, which cancels the drift any privileged text causes; ``beta = 0`` is
+      ``rlsd`` exactly.
+
+    ``logp_teacher_wrong`` (``[B, T]``, the teacher's log-probs under the wrong context) is
+    needed by ``cepo`` and ``contrastive`` and ignored by ``rlsd``."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    _check_shapes(logp_student, logp_teacher, mask)
+    mask_BT = mask != 0
+    if estimator == "rlsd":
+        return _sanitized_delta(logp_student, logp_teacher, mask_BT)
+    if logp_teacher_wrong is None:
+        raise ValueError(f"estimator {estimator!r} needs logp_teacher_wrong")
+    if logp_teacher_wrong.shape != mask.shape:
+        raise ValueError(
+            f"logp_teacher_wrong has shape {tuple(logp_teacher_wrong.shape)} but mask has "
+            f"{tuple(mask.shape)}; both must be [B, T] over the same response positions"
+        )
+    if estimator == "cepo":
+        return _sanitized_delta(logp_teacher_wrong, logp_teacher, mask_BT)
+    gap_true = _sanitized_delta(logp_student, logp_teacher, mask_BT)
+    gap_wrong = _sanitized_delta(logp_student, logp_teacher_wrong, mask_BT)
+    delta = gap_true - float(beta) * gap_wrong  # finite inputs; the difference may overflow
+    return torch.nan_to_num(delta, nan=0.0, posinf=_FLOAT32_MAX, neginf=-_FLOAT32_MAX)
+
+
+def cepo_token_advantages(
+    advantages: torch.Tensor,
+    logp_teacher: torch.Tensor,
+    logp_teacher_wrong: torch.Tensor,
+    mask: torch.Tensor,
+    lam: float,
+    eps_w: float = 0.2,
+) -> torch.Tensor:
+    """CEPO's token advantages (arXiv 2605.19436; its code: ``apply_cepo_weighting`` in
+    ``verl/trainer/core_algos.py``): ``delta = stopgrad(log P_T+ - log P_T-)``,
+    ``w = clip(exp(sign(A) * delta), 1 - eps_w, 1 + eps_w)``, ``A_hat = A * ((1 - lam) + lam
+    * w)``, zero where ``mask == 0``. A group with no rejected rollout is scored with the
+    reference on both sides (``logp_teacher_wrong = logp_teacher``: ``delta = 0``, ``w = 1``,
+    ``A_hat = A``, i.e. GRPO for that group), as CEPO's trainer does.
+
+    Shapes and guarantees as ``rlsd_token_advantages`` (``advantages`` ``[B]``, the rest
+    ``[B, T]``; float32, detached, never NaN; ``lam = 0`` returns ``A`` exactly); the clip is
+    taken in log space, which gives CEPO's values without its overflow."""
+    delta = estimator_delta("cepo", logp_teacher, logp_teacher, logp_teacher_wrong, mask)
+    return _token_advantages(advantages, delta, mask, lam, eps_w, False)
+
+
+def contrastive_token_advantages(
+    advantages: torch.Tensor,
+    logp_student: torch.Tensor,
+    logp_teacher: torch.Tensor,
+    logp_teacher_wrong: torch.Tensor,
+    mask: torch.Tensor,
+    lam: float,
+    eps_w: float = 0.2,
+    beta: float = 1.0,
+) -> torch.Tensor:
+    """The contrastive gap (RLCSD, arXiv 2606.11709) as RLSD's magnitude: ``delta = (log P_T -
+    log P_S) - beta * (log P_T- - log P_S)``, then RLSD's weight, clip and mix
+    (``rlsd_token_advantages``). ``beta = 0`` gives ``rlsd_token_advantages`` exactly; with
+    ``beta = 1`` the student cancels and ``delta = log P_T - log P_T-`` (CEPO's evidence).
+
+    Shapes and guarantees as ``rlsd_token_advantages``."""
+    delta = estimator_delta(
+        "contrastive", logp_student, logp_teacher, logp_teacher_wrong, mask, beta
+    )
+    return _token_advantages(advantages, delta, mask, lam, eps_w, False)
 
 
 @torch.no_grad()
@@ -320,9 +439,13 @@ def rlsd_stats(
     eps_w: float = 0.2,
     negative_only: bool = False,
     scored: torch.Tensor | None = None,
+    estimator: str = "rlsd",
+    logp_teacher_wrong: torch.Tensor | None = None,
+    beta: float = 1.0,
 ) -> dict[str, float]:
     """Spec section 6: the reweighting's diagnostics, for the arguments of
-    ``rlsd_token_advantages`` (same shapes, same validation).
+    ``rlsd_token_advantages`` (same shapes, same validation); with ``estimator`` (and
+    ``logp_teacher_wrong``, ``beta``), of that estimator's ``delta`` (``estimator_delta``).
 
     ``scored`` (``[B]`` bool, default all rows) marks the rows whose ``logp_teacher`` was
     computed; the trainer skips the teacher where it cannot matter (``A = 0``), and those
@@ -354,13 +477,18 @@ def rlsd_stats(
       * ``rlsd/adv_hat_over_adv``: mean of ``|A_hat| / |A|`` over masked tokens of responses
         with ``A != 0`` (including, under ``negative_only``, the ``A > 0`` ones at ratio 1).
         It equals the mix factor ``1 + lam * (w_clip - 1)``, which is what is averaged.
+        ``..._pos`` / ``..._neg``: the same over responses with ``A > 0`` (correct ones, for a
+        binary verifier) / ``A < 0``.
+      * ``rlsd/w_q10``, ``rlsd/w_q50``, ``rlsd/w_q90``: quantiles of the raw ``w`` (capped
+        at ``e^30``) over reweighted tokens, the spread the clip then cuts (1.0 when there
+        are none).
     """
-    adv_hat_BT = rlsd_token_advantages(
-        advantages, logp_student, logp_teacher, mask, lam, eps_w, negative_only
+    delta_BT = estimator_delta(
+        estimator, logp_student, logp_teacher, logp_teacher_wrong, mask, beta
     )
+    adv_hat_BT = _token_advantages(advantages, delta_BT, mask, lam, eps_w, negative_only)
     adv_B = advantages.detach().float()
     mask_BT = mask != 0
-    delta_BT = _sanitized_delta(logp_student, logp_teacher, mask_BT)
     sign_B = _reweight_sign(adv_B, negative_only)
     x_BT, w_clip_BT, factor_BT = _mix_factor(sign_B, delta_BT, lam, eps_w)
 
@@ -389,7 +517,20 @@ def rlsd_stats(
         "rlsd/adv_hat_mean": _masked_mean(adv_hat_BT, mask_BT),
         "rlsd/adv_hat_abs_mean": _masked_mean(adv_hat_BT.abs(), mask_BT),
         "rlsd/adv_hat_over_adv": _masked_mean(factor_BT.abs(), nonzero_adv_BT),
+        "rlsd/adv_hat_over_adv_pos": _masked_mean(factor_BT.abs(), mask_BT & (adv_B > 0)[:, None]),
+        "rlsd/adv_hat_over_adv_neg": _masked_mean(factor_BT.abs(), mask_BT & (adv_B < 0)[:, None]),
+        **_quantiles("rlsd/w_q", w_raw_BT[reweighted_BT], (10, 50, 90)),
     }
+
+
+def _quantiles(prefix: str, values: torch.Tensor, percents: Sequence[int]) -> dict[str, float]:
+    """``{prefix + "10": q10, ...}`` of a 1-D tensor (1.0 each when it is empty: ``w = 1``)."""
+    if values.numel() == 0:
+        return {f"{prefix}{p}": 1.0 for p in percents}
+    q = torch.quantile(
+        values.double(), torch.tensor([p / 100 for p in percents], dtype=torch.float64)
+    )
+    return {f"{prefix}{p}": float(v) for p, v in zip(percents, q.tolist())}
 
 
 # --------------------------------------------------------------------------------------------

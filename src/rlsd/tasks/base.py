@@ -34,6 +34,9 @@ class Problem:
     # by name, e.g. the `sql` task's gold query alone ("sql") or its rules alone ("rules").
     # A kind named here overrides the default one ("answer" is the sql task's query result).
     privileged: dict[str, str] = field(default_factory=dict, hash=False)
+    # Chat turns before the question (e.g. a worked example of the answer format, as the
+    # `rg:` tasks have); the question is always the last user message.
+    turns_before: list[dict[str, Any]] = field(default_factory=list, hash=False)
 
 
 class Task(ABC):
@@ -120,7 +123,7 @@ def make_rows(problems: list[Problem], privileged: str = "solution") -> list[dic
         if p.image is not None:
             content = [{"type": "image"}, {"type": "text", "text": p.question}]
         row = {
-            "prompt": [{"role": "user", "content": content}],
+            "prompt": [*p.turns_before, {"role": "user", "content": content}],
             "answer": p.answer,
             "privileged_context": privileged_text(p, privileged),
         }

@@ -95,10 +95,12 @@ def get_verifier(name_or_import_path: str, **options: Any) -> Any:
 
 
 def reward_funcs_for(rows: list[dict[str, Any]], names: list[str]) -> list[Any]:
-    """The reward functions for a dataset: the `routed` one when any row names its own
-    `verifier`, else one per name in `names` (the first is the accuracy verifier)."""
+    """The reward functions for a dataset: one per name in `names`, the first being the
+    accuracy verifier; when any row names its own `verifier`, the `routed` one takes the
+    first's place and the others are kept (e.g. `["exact", "format"]` on the `rg:` tasks:
+    routed correctness plus a format reward, weighted by TRL's `reward_weights`)."""
     if any(row.get("verifier") for row in rows):
-        return [get_verifier("routed")]
+        return [get_verifier("routed"), *(get_verifier(name) for name in names[1:])]
     return [get_verifier(name) for name in names]
 
 

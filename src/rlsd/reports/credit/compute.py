@@ -86,6 +86,28 @@ def _sampled_logps(
     return logp.gather(-1, input_ids[:, -T:, None]).squeeze(-1)
 
 
+def _teacher_logps(
+    model,
+    tokenizer,
+    rows: list[dict[str, Any]],
+    completion_ids_GT: torch.Tensor,
+    mask_GT: torch.Tensor,
+    template: str,
+    instruction: str,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[G, T]` teacher log-probs of the sampled ids under each row's teacher prompt, and the
+    `[G, P' + T]` ids scored."""
+    text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    device, T = completion_ids_GT.device, completion_ids_GT.shape[1]
+    prompts, _, fields = teacher_prompt_batch(tokenizer, rows, template, instruction)
+    prompt_ids, prompt_mask = left_pad(prompts, text_tokenizer.pad_token_id)
+    ids = torch.cat([prompt_ids.to(device), completion_ids_GT], 1)
+    mask = torch.cat([prompt_mask.to(device), mask_GT], 1)
+    images = _forward_images(fields, T, device)
+    return _sampled_logps(model, ids, mask, T, temperature, images), ids
+
+
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
@@ -112,6 +134,7 @@ def compute_credit(
     teacher_instruction: str = "",
     negative_only: bool = False,
     success_threshold: float = 1.0,
+    control_privileged: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Sample `group_size` responses per row and compute RLSD's per-token credit.
 
@@ -127,7 +150,15 @@ def compute_credit(
     Rows with images (an `image` or `images` column, chat prompts with image parts) need a
     vision-language `model` and its processor as `tokenizer`; their records also say
     `num_images` (0 for text rows). The images themselves are not in the records.
+
+    `control_privileged` (one text per row, e.g. another row's reference: `rlsd probe`) also
+    scores every response with the teacher shown that text instead of the row's own, the same
+    ids appended: each sample then has `logp_teacher_control` too.
     """
+    if control_privileged is not None and len(control_privileged) != len(rows):
+        raise ValueError(
+            f"control_privileged has {len(control_privileged)} texts for {len(rows)} rows"
+        )
     with_images = [i for i, row in enumerate(rows) if example_images(row)]
     if with_images and not hasattr(tokenizer, "image_processor"):
         raise ValueError(
@@ -138,7 +169,7 @@ def compute_credit(
     device = next(model.parameters()).device
     records: list[dict[str, Any]] = []
     with sampling_mode(model, seed):
-        for row in rows:
+        for index, row in enumerate(rows):
             images = example_images(row)
             prompt_ids, prompt_mask, image_fields = prompt_batch(
                 tokenizer, [row["prompt"]], None if images is None else [images]
@@ -181,22 +212,16 @@ def compute_credit(
             )
             # The teacher's: the same images, its own prompt (the privileged text added), the
             # sampled ids appended unchanged.
-            teacher_prompts, _, teacher_fields = teacher_prompt_batch(
-                tokenizer, [row] * group_size, teacher_template, teacher_instruction
+            scored_ids = (completion_ids_GT, mask_GT, teacher_template, teacher_instruction)
+            logp_t_GT, teacher_ids = _teacher_logps(
+                model, tokenizer, [row] * group_size, *scored_ids, temperature
             )
-            teacher_prompt_ids, teacher_prompt_mask = left_pad(
-                teacher_prompts, text_tokenizer.pad_token_id
-            )
-            teacher_ids = torch.cat([teacher_prompt_ids.to(device), completion_ids_GT], 1)
-            teacher_mask = torch.cat([teacher_prompt_mask.to(device), mask_GT], 1)
-            logp_t_GT = _sampled_logps(
-                model,
-                teacher_ids,
-                teacher_mask,
-                T,
-                temperature,
-                _forward_images(teacher_fields, T, device),
-            )
+            logp_control_GT = None
+            if control_privileged is not None:  # the same ids, another privileged text
+                control_row = {**row, "privileged_context": control_privileged[index]}
+                logp_control_GT = _teacher_logps(
+                    model, tokenizer, [control_row] * group_size, *scored_ids, temperature
+                )[0]
             a_hat_GT = rlsd_token_advantages(
                 adv_G, logp_s_GT, logp_t_GT, mask_GT, lam, eps_w, negative_only
             )
@@ -223,6 +248,8 @@ def compute_credit(
                         ),
                     }
                 )
+                if logp_control_GT is not None:
+                    samples[-1]["logp_teacher_control"] = logp_control_GT[g, :n].tolist()
             teacher_prompt_len = teacher_ids.shape[1] - T
             records.append(
                 {
