@@ -93,3 +93,77 @@ def test_estimator_delta_and_stats_follow_the_estimator():
         estimator_delta("nope", LOGP_S, LOGP_T, LOGP_TW, MASK)
     with pytest.raises(ValueError, match="logp_teacher_wrong has shape"):
         cepo_token_advantages(ADV, LOGP_T, LOGP_TW[:, :2], MASK, 0.5)
+
+
+# ------------------------------------------------------------------ which texts the teacher sees
+from rlsd.teacher_contexts import final_answer, group_contexts  # noqa: E402
+
+
+def test_group_contexts_follow_cepos_rule_and_the_peer_rule():
+    texts = ["A:5", "A:7", "A:3", "A:6", "A:1", "A:2", "A:9", "A:4"]
+    refs = ["r0"] * 4 + ["r1"] * 4
+    # group 0: successes 1 (1.0) and 3 (1.2, best); rejected 0 (0.2) and 2 (0.0, worst)
+    # group 1: no success; rejected all, the worst are 5 and 7 (0.0; ties: the first, 5)
+    rewards = [0.2, 1.0, 0.0, 1.2, 0.2, 0.0, 0.2, 0.0]
+    c = group_contexts(texts, rewards, refs, 4, source="peer", negative="wrong")
+    assert c.positive == ["A:6"] * 4 + [None] * 4  # the best success; group 1 falls back
+    assert c.negative == ["3"] * 4 + ["2"] * 4  # the final answers of 2 and 5
+    assert (c.peer_fallbacks, c.negative_fallbacks, c.groups) == (1, 0, 2)
+    # an all-correct group has no rejected rollout: no negative (delta = 0 in the trainer)
+    c = group_contexts(texts, [1.0] * 4 + rewards[4:], refs, 4, negative="wrong")
+    assert c.positive == [None] * 8 and c.negative == [None] * 4 + ["2"] * 4
+    assert c.negative_fallbacks == 1
+    # shuffled: the next group's reference; a batch of one group has none
+    c = group_contexts(texts, rewards, refs, 4, negative="shuffled")
+    assert c.negative == ["r1"] * 4 + ["r0"] * 4
+    one = group_contexts(texts[:4], rewards[:4], refs[:4], 4, negative="shuffled")
+    assert one.negative == [None] * 4 and one.negative_fallbacks == 1
+    # NaN rewards rank lowest; a rollout with no readable answer gives its first 50 characters
+    c = group_contexts(["x", "A:1"], [float("nan"), 0.0], ["r", "r"], 2, negative="wrong")
+    assert c.negative == ["x", "x"]
+    assert final_answer("no answer here\n" + "y" * 80) == "y" * 80  # the last line
+    assert final_answer("<answer> 12 </answer>") == "12"
+    with pytest.raises(ValueError, match="multiple of the group size"):
+        group_contexts(texts[:3], rewards[:3], refs[:3], 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides, metric",
+    [
+        ({"rlsd_estimator": "cepo"}, "rlsd/negative_fallback_ratio"),
+        (
+            {"rlsd_estimator": "contrastive", "rlsd_negative_context": "shuffled"},
+            "rlsd/negative_fallback_ratio",
+        ),
+        ({"privileged_source": "peer"}, "rlsd/peer_fallback_ratio"),
+    ],
+)
+def test_estimators_train_through_the_teacher_engine(tiny_path, tmp_path, overrides, metric):
+    from tests.test_trainer_run import make_trainer
+
+    trainer = make_trainer(tiny_path, tmp_path, max_steps=2, **overrides)
+    batches = []
+    original = trainer._generate_and_score_completions
+
+    def keep(inputs):
+        output = original(inputs)
+        batches.append((inputs, output))
+        return output
+
+    trainer._generate_and_score_completions = keep
+    trainer.train()
+    logged = {k: v for record in trainer.state.log_history for k, v in record.items()}
+    assert metric in logged and 0.0 <= logged[metric] <= 1.0
+    assert "rlsd/w_q50" in logged and "rlsd/adv_hat_over_adv_neg" in logged
+    inputs, output = batches[0]
+    scored = output["rlsd_scored"]
+    assert scored.any()
+    if trainer.args.estimator.negative_context:
+        assert logged["time/teacher_negative"] > 0
+        wrong, right = output["rlsd_logp_teacher_wrong"], output["rlsd_logp_teacher"]
+        mask = output["completion_mask"].bool()
+        differs = [(wrong[i][mask[i]] != right[i][mask[i]]).any() for i in scored.nonzero()]
+        assert any(differs)  # the second context was really scored
+    else:  # peer: the teacher saw a rollout, not the reference, in some groups
+        assert logged[metric] < 1.0

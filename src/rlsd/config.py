@@ -40,6 +40,33 @@ _SPECS = (
 )
 ALGORITHM_SPECS: dict[str, AlgorithmSpec] = {spec.name: spec for spec in _SPECS}
 ALGORITHMS = tuple(ALGORITHM_SPECS)
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """A magnitude estimator of `algorithm="rlsd"` (`RLSDConfig.rlsd_estimator`): the direction
+    stays `sign(A)`, the weight's clip and lambda mix stay the paper's, only `delta` changes
+    (`rlsd.objectives.estimator_delta`). The trainer reads these fields, never the name."""
+
+    name: str
+    negative_context: bool  # a second teacher pass, with a wrong (or shuffled) context
+    uses_student: bool  # delta involves the student's own log-prob
+    source: str  # where it comes from
+
+
+_ESTIMATORS = (
+    EstimatorSpec("rlsd", False, True, "RLSD, arXiv 2604.03128: log P_T - log P_S"),
+    EstimatorSpec("cepo", True, False, "CEPO, arXiv 2605.19436: log P_T+ - log P_T-"),
+    EstimatorSpec(
+        "contrastive",
+        True,
+        True,
+        "RLCSD, arXiv 2606.11709: (log P_T - log P_S) - beta (log P_T- - log P_S)",
+    ),
+)
+ESTIMATOR_SPECS: dict[str, EstimatorSpec] = {spec.name: spec for spec in _ESTIMATORS}
+PRIVILEGED_SOURCES = ("reference", "peer")
+NEGATIVE_CONTEXTS = ("wrong", "shuffled")
 # TRL loss types that accept `[B, T]` advantages token by token (vespo and luspo reduce the
 # advantage per sequence and would silently discard the token weights).
 TOKEN_LEVEL_LOSSES = ("dapo", "grpo", "bnpo", "dr_grpo", "cispo", "sapo")
@@ -88,6 +115,46 @@ class RLSDConfig(GRPOConfig):
     rlsd_negative_only: bool = field(
         default=False,
         metadata={"help": "Reweight only responses with A < 0; A >= 0 keeps A_hat = A."},
+    )
+    rlsd_estimator: str = field(
+        default="rlsd",
+        metadata={
+            "help": "How the teacher's token evidence delta is measured: 'rlsd' (the paper, "
+            "log P_T - log P_S), 'cepo' (CEPO, arXiv 2605.19436: log P_T+ - log P_T-, the "
+            "teacher shown the reference against the same teacher shown a wrong answer) or "
+            "'contrastive' (RLCSD, arXiv 2606.11709: the gap under the reference minus "
+            "rlsd_contrastive_beta times the gap under a wrong or shuffled one). The direction "
+            "sign(A), the clip and the lambda mix are the paper's for all three."
+        },
+    )
+    rlsd_negative_context: str = field(
+        default="wrong",
+        metadata={
+            "help": "The second context of 'cepo' and 'contrastive': 'wrong' (CEPO's rule: per "
+            "group, the final answer of the lowest-scoring rejected rollout, ties the first; a "
+            "group without one gets the reference, delta = 0) or 'shuffled' (another group's "
+            "privileged context)."
+        },
+    )
+    rlsd_contrastive_beta: float = field(
+        default=1.0,
+        metadata={"help": "beta of 'contrastive' (0 = rlsd exactly, 1 = the student cancels)."},
+    )
+    privileged_source: str = field(
+        default="reference",
+        metadata={
+            "help": "What the teacher is shown: 'reference' (the row's privileged context, the "
+            "paper) or 'peer' (HSD, arXiv 2606.15576: the group's highest-scoring successful "
+            "rollout, so the privileged text is in the student's own style; a group without a "
+            "success falls back to the reference, counted in rlsd/peer_fallback_ratio)."
+        },
+    )
+    rlsd_success_threshold: float = field(
+        default=0.5,
+        metadata={
+            "help": "A rollout whose total reward reaches this is a success (peer), below it a "
+            "rejected one (cepo's wrong answer); CEPO's code uses 0.5."
+        },
     )
     rlsd_skip_zero_advantage: bool = field(
         default=True,
@@ -199,6 +266,21 @@ class RLSDConfig(GRPOConfig):
             )
         if self.rlsd_lambda_decay_steps < 0 or self.rlsd_lambda_warmup_steps < 0:
             raise ValueError("rlsd_lambda_decay_steps and rlsd_lambda_warmup_steps must be >= 0.")
+        if self.rlsd_estimator not in ESTIMATOR_SPECS:
+            raise ValueError(
+                f"rlsd_estimator must be one of {tuple(ESTIMATOR_SPECS)}, got "
+                f"{self.rlsd_estimator!r}."
+            )
+        if self.rlsd_negative_context not in NEGATIVE_CONTEXTS:
+            raise ValueError(f"rlsd_negative_context must be one of {NEGATIVE_CONTEXTS}.")
+        if self.privileged_source not in PRIVILEGED_SOURCES:
+            raise ValueError(f"privileged_source must be one of {PRIVILEGED_SOURCES}.")
+        changed = self.rlsd_estimator != "rlsd" or self.privileged_source != "reference"
+        if changed and not self.spec.reweights:
+            raise ValueError(
+                "rlsd_estimator and privileged_source choose how algorithm='rlsd' reweights; "
+                f"algorithm={self.algorithm!r} does not reweight. Set algorithm='rlsd'."
+            )
         if self.rlsd_student_logp not in ("old", "current"):
             raise ValueError("rlsd_student_logp must be 'old' or 'current'.")
         if self.opsd_divergence not in ("jsd", "forward_kl", "reverse_kl", "sampled_token"):
@@ -242,6 +324,16 @@ class RLSDConfig(GRPOConfig):
     @property
     def spec(self) -> AlgorithmSpec:
         return ALGORITHM_SPECS[self.algorithm]
+
+    @property
+    def estimator(self) -> EstimatorSpec:
+        return ESTIMATOR_SPECS[self.rlsd_estimator]
+
+    @property
+    def changes_contexts(self) -> bool:
+        """Whether the teacher is shown anything but each row's own reference (a peer
+        rollout, or a second, negative context)."""
+        return self.privileged_source != "reference" or self.estimator.negative_context
 
     @property
     def uses_teacher(self) -> bool:

@@ -56,6 +56,7 @@ __all__ = [
     "rlsd_stats",
     "rlsd_token_advantages",
     "sampled_token_distill_advantages",
+    "token_advantages",
 ]
 
 _STD_EPS = 1e-6  # spec section 1: A = (R - mean) / (std + 1e-6)
@@ -301,7 +302,26 @@ def rlsd_token_advantages(
     Returns:
         ``[B, T]`` float32, detached.
     """
-    delta = estimator_delta("rlsd", logp_student, logp_teacher, None, mask)
+    return token_advantages(advantages, logp_student, logp_teacher, mask, lam, eps_w, negative_only)
+
+
+def token_advantages(
+    advantages: torch.Tensor,
+    logp_student: torch.Tensor,
+    logp_teacher: torch.Tensor,
+    mask: torch.Tensor,
+    lam: float,
+    eps_w: float = 0.2,
+    negative_only: bool = False,
+    estimator: str = "rlsd",
+    logp_teacher_wrong: torch.Tensor | None = None,
+    beta: float = 1.0,
+) -> torch.Tensor:
+    """``A_hat`` ``[B, T]`` of any magnitude estimator (``estimator_delta``), with RLSD's weight,
+    clip and mix: what the trainer calls. ``estimator="rlsd"`` is ``rlsd_token_advantages``;
+    ``"cepo"`` and ``"contrastive"`` are ``cepo_token_advantages`` and
+    ``contrastive_token_advantages`` (plus ``negative_only``). Same guarantees."""
+    delta = estimator_delta(estimator, logp_student, logp_teacher, logp_teacher_wrong, mask, beta)
     return _token_advantages(advantages, delta, mask, lam, eps_w, negative_only)
 
 

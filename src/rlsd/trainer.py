@@ -48,18 +48,20 @@ from rlsd.objectives import (
     group_advantages,
     lambda_at,
     rlsd_stats,
-    rlsd_token_advantages,
     sampled_token_distill_advantages,
+    token_advantages,
 )
 from rlsd.rewards import fail_safe
 from rlsd.teacher import (
     TEACHER_STATE_DIR,
     TeacherSnapshot,
     left_pad,
+    privileged_text,
     shared_prefix_logits,
     shared_prefix_logps,
     teacher_prompt_batch,
 )
+from rlsd.teacher_contexts import group_contexts
 
 logger = logging.getLogger(__name__)
 
@@ -358,14 +360,23 @@ class RLSDTrainer(GRPOTrainer):
             or self.multi_objective_aggregation != "sum_then_normalize"
         ):
             return None
+        rewards = self._total_rewards()
+        advantages = group_advantages(rewards, self._group_size(), scale=self.scale_rewards)
+        start = self.accelerator.process_index * local_size
+        return advantages[start : start + local_size]
+
+    def _group_size(self) -> int:
+        group = self.num_generations if self._mode() == "train" else self.num_generations_eval
+        return int(group or 1)
+
+    def _total_rewards(self) -> torch.Tensor:
+        """`[N_global]` the weighted reward sum TRL computes (NaN where every reward is)."""
+        assert self._rewards_per_func is not None
         rewards_per_func = self._rewards_per_func
         weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
         rewards = (rewards_per_func * weights).nansum(dim=1)
         rewards[torch.isnan(rewards_per_func).all(dim=1)] = float("nan")
-        group = self.num_generations if self._mode() == "train" else self.num_generations_eval
-        advantages = group_advantages(rewards, int(group or 1), scale=self.scale_rewards)
-        start = self.accelerator.process_index * local_size
-        return advantages[start : start + local_size]
+        return rewards
 
     def _rows_to_score(self, needed_B: torch.Tensor) -> torch.Tensor:
         """Rows whose teacher forward can matter. Under several processes every rank scores
@@ -418,8 +429,44 @@ class RLSDTrainer(GRPOTrainer):
         if len(rows) == 0:
             return output  # A_hat = A exactly: TRL's 1-D advantages are already right
 
+        contexts = self._group_contexts(inputs, output) if args.changes_contexts else None
+        examples = [inputs[i] for i in rows.tolist()]
+        if contexts is not None:
+            examples = [self._positive_example(inputs[i], contexts, i) for i in rows.tolist()]
+        logp_teacher = self._score_rows(examples, rows, output)
+        scored_B = torch.zeros_like(needed_B)
+        scored_B[rows] = True
+        output["rlsd_logp_teacher"] = logp_teacher
+        output["rlsd_scored"] = scored_B
+        if contexts is not None and args.estimator.negative_context:
+            # The second pass, on the rows that have a negative context (the same count on
+            # every rank: fillers are scored with their positive context and discarded).
+            start = time.perf_counter()
+            has_negative_B = torch.tensor(
+                [text is not None for text in contexts.negative], device=needed_B.device
+            )
+            negative_rows = self._rows_to_score(scored_B & has_negative_B)
+            logp_wrong = logp_teacher.clone()  # no negative: the positive on both sides
+            if len(negative_rows):
+                wrong_examples = [  # _with_privileged(example, None) is the example itself
+                    _with_privileged(self._positive_example(inputs[i], contexts, i), text)
+                    for i in negative_rows.tolist()
+                    for text in [contexts.negative[i]]
+                ]
+                computed = self._score_rows(wrong_examples, negative_rows, output)
+                keep = has_negative_B[negative_rows]
+                logp_wrong[negative_rows[keep]] = computed[negative_rows[keep]]
+            output["rlsd_logp_teacher_wrong"] = logp_wrong
+            self._timings["teacher_negative"] += time.perf_counter() - start
+        return output
+
+    def _score_rows(
+        self, examples: list[dict[str, Any]], rows: torch.Tensor, output: dict[str, Any]
+    ) -> torch.Tensor:
+        """`[B, T]` teacher log-probs of `output`'s responses at `rows` under the teacher
+        prompts of `examples` (one per row), zeros elsewhere."""
         start = time.perf_counter()
-        prompt_ids, prompt_mask, images = self._teacher_prompts([inputs[i] for i in rows.tolist()])
+        prompt_ids, prompt_mask, images = self._teacher_prompts(examples)
         self._timings["teacher"] += time.perf_counter() - start
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
         T = completion_ids.size(1)
@@ -430,11 +477,47 @@ class RLSDTrainer(GRPOTrainer):
             T,
             images,
         )
-        scored_B = torch.zeros_like(needed_B)
-        scored_B[rows] = True
-        output["rlsd_logp_teacher"] = logp_teacher
-        output["rlsd_scored"] = scored_B
-        return output
+        return logp_teacher
+
+    def _positive_example(self, example: dict[str, Any], contexts, i: int) -> dict[str, Any]:
+        if self.args.privileged_source == "peer":
+            return _with_privileged(example, contexts.positive[i])
+        return example
+
+    def _group_contexts(self, inputs: list[dict[str, Any]], output: dict[str, Any]):
+        """The peer and negative texts of this process's rows (`rlsd.teacher_contexts`), chosen
+        over the whole batch (every rank gathers the texts and makes the same choice); logs
+        the fallbacks."""
+        from accelerate.utils import gather_object
+
+        args = self.args
+        tokenizer: Any = getattr(self.processing_class, "tokenizer", self.processing_class)
+        ids, mask = output["completion_ids"], output["completion_mask"]
+        texts = tokenizer.batch_decode(
+            [row[m.bool()].tolist() for row, m in zip(ids, mask)], skip_special_tokens=True
+        )
+        references = [_reference_or_empty(example) for example in inputs]
+        if self.accelerator.num_processes > 1:
+            texts, references = gather_object(texts), gather_object(references)
+        contexts = group_contexts(
+            texts,
+            self._total_rewards().tolist(),
+            references,
+            self._group_size(),
+            source=args.privileged_source,
+            negative=args.rlsd_negative_context if args.estimator.negative_context else None,
+            threshold=args.rlsd_success_threshold,
+        )
+        start = self.accelerator.process_index * len(inputs)
+        contexts.positive = contexts.positive[start : start + len(inputs)]
+        contexts.negative = contexts.negative[start : start + len(inputs)]
+        metrics = self._metrics[self._mode()]
+        groups = max(1, contexts.groups)
+        if args.privileged_source == "peer":
+            metrics["rlsd/peer_fallback_ratio"].append(contexts.peer_fallbacks / groups)
+        if args.estimator.negative_context:
+            metrics["rlsd/negative_fallback_ratio"].append(contexts.negative_fallbacks / groups)
+        return contexts
 
     # ---------------------------------------------------------------------------- loss side
     def _compute_loss(self, model, inputs):
@@ -496,10 +579,14 @@ class RLSDTrainer(GRPOTrainer):
         if args.spec.reweights:
             lam = self._lambda(self.state.global_step + 1)
             spec_args = (advantages_B, logp_student, logp_teacher, mask, lam, args.rlsd_eps_w)
-            a_hat = rlsd_token_advantages(*spec_args, negative_only=args.rlsd_negative_only)
-            stats = rlsd_stats(
-                *spec_args, negative_only=args.rlsd_negative_only, scored=inputs["rlsd_scored"]
-            )
+            estimator = {
+                "negative_only": args.rlsd_negative_only,
+                "estimator": args.rlsd_estimator,
+                "logp_teacher_wrong": inputs.get("rlsd_logp_teacher_wrong"),
+                "beta": args.rlsd_contrastive_beta,
+            }
+            a_hat = token_advantages(*spec_args, **estimator)
+            stats = rlsd_stats(*spec_args, scored=inputs["rlsd_scored"], **estimator)
             stats.pop("rlsd/lambda")  # logged per micro-batch in _compute_loss, skips included
         else:  # opsd / opd, sampled-token variant: A_hat = delta
             a_hat = sampled_token_distill_advantages(logp_student, logp_teacher, mask)
@@ -564,10 +651,11 @@ class RLSDTrainer(GRPOTrainer):
         }
         self._timings["update"] += time.perf_counter() - start - sum(spent.values())
         if self._step % self.current_gradient_accumulation_steps == 0:
-            # teacher_prefix + teacher_responses: the shared-prefix part of `teacher`
+            # teacher_prefix + teacher_responses: the shared-prefix part of `teacher`;
+            # teacher_negative: the second context's pass (cepo, contrastive), also in it
             for name in ("generate", "verify", "teacher", "update"):
                 self._metrics["train"][f"time/{name}"].append(self._timings.pop(name, 0.0))
-            for name in ("teacher_prefix", "teacher_responses"):
+            for name in ("teacher_prefix", "teacher_responses", "teacher_negative"):
                 if name in self._timings:
                     self._metrics["train"][f"time/{name}"].append(self._timings.pop(name))
         return loss
@@ -590,3 +678,20 @@ class RLSDTrainer(GRPOTrainer):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None and self.teacher is not None:
             self.teacher.load(Path(checkpoint) / TEACHER_STATE_DIR)
+
+
+def _with_privileged(example: dict[str, Any], text: str | None) -> dict[str, Any]:
+    """`example` whose teacher is shown `text` (None: unchanged) through the template, a
+    whole `teacher_prompt` column set aside."""
+    if text is None:
+        return example
+    changed = {k: v for k, v in example.items() if k != "teacher_prompt"}
+    changed["privileged_context"] = text
+    return changed
+
+
+def _reference_or_empty(example: dict[str, Any]) -> str:
+    try:
+        return privileged_text(example)
+    except ValueError:  # a row with a whole `teacher_prompt` only
+        return ""
