@@ -198,9 +198,15 @@ def verdict(stats: dict[str, Any]) -> str:
             )
             if yes
         )
+        also = ""
+        if beyond("incorrect", 1.0):
+            also = (
+                "; it raises incorrect responses too (the tokens they share with the "
+                "reference), so on those RLSD's weight lowers the blame"
+            )
         return (
             f"The context carries information beyond its mere presence: the true one {which} "
-            f"more than another row's does, by over two standard errors {numbers}."
+            f"more than another row's does, by over two standard errors {numbers}{also}."
         )
     return (
         "The true context does not move the teacher more than a shuffled one does (within two "
