@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 OUT = Path("runs/smollm2-rg")
+RECIPE = Path(__file__).resolve().parents[1] / "examples" / "smollm2.yaml"  # the train stage
 
 CALIBRATION = [
     ("chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}),
@@ -40,8 +41,8 @@ CALIBRATION = [
 ]
 
 # The task the training run, the probe and the compare use (chosen from the calibration).
-TASK = "rg:chain_sum"
-TASK_CONFIG = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}
+TASK = "rg:letter_counting"
+TASK_CONFIG = {"min_words": 3, "max_words": 5}
 # The reward: the rg verifier (routed by the rows) plus the format reward at weight 0.2.
 REWARD_FLAGS = ["--reward_funcs", "exact", "format", "--reward_weights", "1.0", "0.2"]
 TRAIN_FLAGS = [
@@ -132,7 +133,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=("calibrate", "probe", "train", "compare"))
     parser.add_argument("--n", type=int, default=200, help="calibrate: held-out problems")
-    parser.add_argument("--max_steps", type=int, default=100, help="train: steps")
     parser.add_argument("--seeds", type=int, default=3, help="compare: seeds")
     args, rest = parser.parse_known_args()
     rlsd = [sys.executable, "-m", "rlsd.cli"]
@@ -162,19 +162,7 @@ def main() -> None:
         out = OUT / "train"
         resume = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
         extra = ["--resume_from_checkpoint", str(resume[-1])] if resume else []
-        run(
-            [
-                *rlsd,
-                "train",
-                *TRAIN_FLAGS,
-                "--max_steps",
-                str(args.max_steps),
-                "--output_dir",
-                str(out),
-                *extra,
-                *rest,
-            ]
-        )
+        run([*rlsd, "train", str(RECIPE), "--output_dir", str(out), *extra, *rest])
     else:
         run(
             [

@@ -22,7 +22,9 @@ from rlsd.compare import (
 from rlsd.reports.compare_report import (
     dedupe,
     format_table,
+    paired_difference,
     plot_compare,
+    plot_weights,
     read_runs_jsonl,
     seed_band,
     steps_to_reach,
@@ -335,3 +337,28 @@ def test_compare_quick_end_to_end_and_resume(tmp_path, random_path):
         "rlsd",
     }
     assert (out / "command.txt").read_text().startswith("rlsd compare --quick --output")
+
+
+def test_paired_difference_against_the_baseline(runs):
+    # rlsd - grpo per seed: 0.40 - 0.30, 0.40 - 0.34 -> mean 0.08, sd 0.0283, se 0.02
+    rlsd = paired_difference(runs["rlsd"], runs["grpo"])
+    assert rlsd["paired_n"] == 2 and rlsd["paired_diff_mean"] == pytest.approx(0.08)
+    assert rlsd["paired_diff_se"] == pytest.approx(0.02)
+    assert rlsd["paired"] == "beats"  # 0.08 > 2 x 0.02
+    assert paired_difference(runs["opsd"], runs["grpo"])["paired"] == "below"  # -0.22 +- 0.02
+    assert paired_difference(runs["grpo"], runs["grpo"])["paired"] == "within noise"
+    noisy = {0: _run([0.1, 0.5]), 1: _run([0.1, 0.2])}
+    base = {0: _run([0.1, 0.3]), 1: _run([0.1, 0.3])}  # +0.2 and -0.1: mean 0.05, se 0.15
+    assert paired_difference(noisy, base)["paired"] == "within noise"
+    assert paired_difference({0: _run([0.1, 0.5])}, base)["paired"] == "n/a"  # one seed
+    table = format_table(summarize(runs), baseline="grpo")
+    assert "| +8.0 ± 2.0 | beats |" in table and "| -22.0 ± 2.0 | below |" in table
+
+
+def test_plot_weights_draws_what_the_teacher_did(runs, tmp_path):
+    assert plot_weights(runs, tmp_path / "none.png") is None  # no variant logged them
+    stats = {"rlsd/w_q10": 0.9, "rlsd/w_q50": 1.0, "rlsd/w_q90": 1.3, "rlsd/delta_mean": 0.1}
+    stats |= {"rlsd/adv_hat_over_adv_pos": 1.02, "rlsd/adv_hat_over_adv_neg": 0.97}
+    with_weights = {**runs, "cepo": {0: _run([0.1, 0.2], **stats), 1: _run([0.1, 0.3], **stats)}}
+    out = plot_weights(with_weights, tmp_path / "weights.png")
+    assert out is not None and out.stat().st_size > 10_000

@@ -74,3 +74,97 @@ def test_smollm2_trains_one_rlsd_step(smollm, tmp_path):
     ids, _, _ = trainer._teacher_prompts(rows[:1])
     text = tokenizer.decode(ids[0])
     assert "<|im_start|>user" in text and "Here is a reference solution:\n5" in text
+
+
+def test_smollm2_by_name_trains_an_rg_task_with_a_nonzero_reward(smollm, tmp_path):
+    """`--model_name_or_path smollm2` through the CLI, on a reasoning-gym task: one RLSD step
+    whose reward is not zero (the format reward at least), so the teacher really scored."""
+    import json
+
+    from rlsd.cli import main
+
+    out = tmp_path / "run"
+    config = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
+    argv = ["train", "--model_name_or_path", "smollm2", "--task", "rg:basic_arithmetic"]
+    argv += ["--task_config", json.dumps(config), "--reward_funcs", "exact", "format"]
+    argv += ["--reward_weights", "1.0", "0.2", "--max_steps", "1", "--num_train", "16"]
+    argv += ["--num_eval", "0", "--per_device_train_batch_size", "16", "--learning_rate", "1e-6"]
+    argv += ["--max_completion_length", "24", "--save_strategy", "no", "--output_dir", str(out)]
+    assert main(argv) == 0
+    (step,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert step["reward"] > 0 and step["rewards/format/mean"] > 0
+    assert step["time/teacher"] > 0 and "rlsd/delta_mean" in step
+    resolved = json.loads((out / "config.json").read_text())
+    assert resolved["model_path"].endswith("smollm2-135m")
+
+
+def test_smollm2_lora_teacher_is_the_initial_policy(smollm, tmp_path):
+    """With `--use_peft` the teacher is the `rlsd_teacher` adapter, a snapshot of the policy's
+    adapter at the last sync: before training, and after one step with syncs every 10, its
+    log-probs equal those of a separately loaded SmolLM2 (a fresh LoRA adapter adds 0), while
+    the policy itself has moved."""
+    from peft import LoraConfig
+
+    from rlsd.tasks import get_task
+    from rlsd.teacher import teacher_input_ids
+
+    task = get_task("rg:basic_arithmetic", {"min_terms": 2, "max_terms": 2, "max_digits": 1})
+    rows = make_rows_for(task)
+    tokenizer = AutoTokenizer.from_pretrained(smollm)
+    config = RLSDConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_steps=1,
+        max_completion_length=16,
+        learning_rate=1e-3,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        teacher_template=task.teacher_template,
+        teacher_sync_steps=10,
+        bf16=False,
+    )
+    trainer = RLSDTrainer(
+        model=AutoModelForCausalLM.from_pretrained(smollm, dtype=torch.float32),
+        reward_funcs=length_parity,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
+    )
+    assert trainer.teacher.kind == "adapter"
+    reference = AutoModelForCausalLM.from_pretrained(smollm, dtype=torch.float32).eval()
+    completion = tokenizer(
+        ["<answer>7</answer>"] * 2, add_special_tokens=False, return_tensors="pt"
+    )
+    ids, mask = teacher_input_ids(
+        tokenizer,
+        rows[:2],
+        completion["input_ids"],
+        completion["attention_mask"],
+        task.teacher_template,
+    )
+    T = completion["input_ids"].shape[1]
+
+    def reference_logps():
+        with torch.no_grad():
+            logits = reference(input_ids=ids, attention_mask=mask).logits[:, -T - 1 : -1]
+        logp = torch.log_softmax(logits.float(), -1)
+        return logp.gather(-1, ids[:, -T:, None]).squeeze(-1)
+
+    expected = reference_logps()
+    assert torch.allclose(trainer.teacher_logps(ids, mask, T), expected, atol=1e-4)
+    trainer.train()
+    assert torch.allclose(trainer.teacher_logps(ids, mask, T), expected, atol=1e-4)
+    with torch.no_grad():  # the policy (the default adapter) has moved
+        policy = trainer.model(input_ids=ids, attention_mask=mask).logits[:, -T - 1 : -1]
+    policy_logp = torch.log_softmax(policy.float(), -1).gather(-1, ids[:, -T:, None]).squeeze(-1)
+    assert not torch.allclose(policy_logp, expected, atol=1e-4)
+
+
+def make_rows_for(task):
+    from rlsd.tasks import make_rows
+
+    return make_rows(task.problems("train", 8, 0), "answer")

@@ -505,7 +505,13 @@ def write_report(
     output: Path, runs: list[Run], baseline: str, command: str, settings: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """`runs.jsonl`, `results.md`, `curves.png`, `command.txt` and `compare.json`."""
-    from rlsd.reports.compare_report import format_table, plot_compare, summarize, write_runs_jsonl
+    from rlsd.reports.compare_report import (
+        format_table,
+        plot_compare,
+        plot_weights,
+        summarize,
+        write_runs_jsonl,
+    )
 
     loaded = load_runs(runs)
     loaded = {k: v for k, v in loaded.items() if v}
@@ -518,6 +524,11 @@ def write_report(
             loaded,
             output / "curves.png",
             title=f"rlsd compare: {settings['task']}, mean over seeds, band = ± 1 std",
+        )
+        plot_weights(
+            loaded,
+            output / "weights.png",
+            title=f"rlsd compare: {settings['task']}, the teacher's token weights, mean over seeds",
         )
     lines = [
         "# rlsd compare",
@@ -540,7 +551,10 @@ def write_report(
         f"evaluation step where the seed-mean accuracy reaches {baseline}'s final seed-mean "
         f"accuracy (resolution: {settings['eval_every']} steps); × {baseline}: that step "
         f"divided by {baseline}'s own. s/step: mean `step_time` of the training steps "
-        "(evaluation excluded). Raw per-seed metrics: `runs.jsonl`; curves: `curves.png`.",
+        "(evaluation excluded). Paired Δ: each seed's final accuracy minus "
+        f"{baseline}'s with the same seed, mean ± standard error; verdict `beats` / `below` "
+        "only beyond 2 standard errors, else `within noise`. Raw per-seed metrics: "
+        "`runs.jsonl`; curves: `curves.png`; the teacher's weights: `weights.png`.",
         "",
     ]
     (output / "results.md").write_text("\n".join(lines))

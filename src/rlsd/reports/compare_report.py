@@ -39,8 +39,16 @@ WEIGHT_STATS = (
     ("rlsd/adv_hat_over_adv", "mean abs(A_hat)/abs(A)"),
     ("rlsd/clip_low_ratio_all", "clip low (all tokens)"),
     ("rlsd/clip_high_ratio_all", "clip high (all tokens)"),
+    ("rlsd/w_q10", "raw w q10"),
+    ("rlsd/w_q50", "raw w q50"),
+    ("rlsd/w_q90", "raw w q90"),
+    ("rlsd/adv_hat_over_adv_pos", "abs(A_hat)/abs(A), A > 0"),
+    ("rlsd/adv_hat_over_adv_neg", "abs(A_hat)/abs(A), A < 0"),
     ("rlsd/teacher_skipped_ratio", "teacher skipped"),
 )
+# The verdict against the baseline: a paired difference (same seed) is "beyond the seeds'
+# spread" when its mean is more than this many standard errors away from 0.
+PAIRED_SE = 2.0
 
 
 # ------------------------------------------------------------------------------- loading
@@ -192,13 +200,45 @@ def summarize(runs: Runs, baseline: str = "grpo") -> list[dict[str, Any]]:
         }
         for key, _ in WEIGHT_STATS:
             row[key] = mean_over_steps(seeds, key)
+        row.update(paired_difference(seeds, runs.get(baseline, {})))
         rows.append(row)
     return rows
+
+
+def paired_difference(
+    seeds: dict[int, list[dict[str, Any]]], baseline: dict[int, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """Final held-out accuracy minus the baseline's, seed by seed (the seeds both have): the
+    mean, its standard error and the verdict (`beats`, `below`, or `within noise` when the
+    mean is within `PAIRED_SE` standard errors of 0; `n/a` with fewer than 2 seeds)."""
+    diffs = []
+    for seed, records in seeds.items():
+        mine, theirs = curve(records, ACCURACY)[1], curve(baseline.get(seed, []), ACCURACY)[1]
+        if mine and theirs:
+            diffs.append(mine[-1] - theirs[-1])
+    n = len(diffs)
+    mean = _mean(diffs)
+    se = _std(diffs) / math.sqrt(n) if n > 1 else math.nan
+    verdict = "n/a"
+    if n > 1 and math.isfinite(se):
+        if se == 0:
+            verdict = "within noise" if mean == 0 else ("beats" if mean > 0 else "below")
+        elif mean > PAIRED_SE * se:
+            verdict = "beats"
+        elif mean < -PAIRED_SE * se:
+            verdict = "below"
+        else:
+            verdict = "within noise"
+    return {"paired_diff_mean": mean, "paired_diff_se": se, "paired_n": n, "paired": verdict}
 
 
 # ------------------------------------------------------------------------------ the table
 def _pct(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.{digits}f}"
+
+
+def _signed_pct(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:+.{digits}f}"
 
 
 def _num(value: float | None, fmt: str = ".2f") -> str:
@@ -213,8 +253,10 @@ def format_table(rows: list[dict[str, Any]], baseline: str = "grpo") -> str:
         "| variant | seeds | final acc % (mean ± std) | best acc % (step) | "
         f"steps to {baseline} final | × {baseline} | final greedy % | final leak % | "
         + ("final context leak % | " if context else "")
+        + f"paired Δ vs {baseline} (pp, ± se) | verdict | "
         + "s/step | teacher s/step |\n"
-        + "|" + "---|" * (11 if context else 10)
+        + "|"
+        + "---|" * (13 if context else 12)
         + "\n"
     )
     lines = []
@@ -231,6 +273,8 @@ def format_table(rows: list[dict[str, Any]], baseline: str = "grpo") -> str:
             f"{reach_s} | {'n/a' if ratio is None else f'{ratio:.2f}'} | "
             f"{_pct(r['final_greedy_accuracy_mean'])} | {_pct(r['final_leak_rate_mean'])} | "
             + (f"{_pct(r['final_context_leak_rate_mean'])} | " if context else "")
+            + f"{_signed_pct(r.get('paired_diff_mean'))} ± {_pct(r.get('paired_diff_se'))} | "
+            + f"{r.get('paired', 'n/a')} | "
             + f"{_num(r['step_time_mean'])} | {_num(r['teacher_time_mean'])} |"
         )
     weights_head = (
@@ -300,6 +344,58 @@ def plot_compare(runs: Runs, out: str | Path, title: str = "") -> Path:
         ax.set_xlabel("optimiser step")
     axes[0][0].legend(loc="best", fontsize=8)
     fig.suptitle(title or "rlsd compare: mean over seeds, band = ± 1 std")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+WEIGHT_PANELS = (
+    (("rlsd/w_q10", "rlsd/w_q50", "rlsd/w_q90"), "raw w: q10, q50, q90 (A != 0 tokens)"),
+    (("rlsd/clip_low_ratio_all", "rlsd/clip_high_ratio_all"), "share clipped low / high (all)"),
+    (
+        ("rlsd/adv_hat_over_adv_pos", "rlsd/adv_hat_over_adv_neg"),
+        "abs(A_hat)/abs(A): A > 0 (solid), A < 0 (dashed)",
+    ),
+    (("rlsd/delta_mean",), "mean delta (scored tokens)"),
+)
+_STYLES = ("-", "--", ":")
+
+
+def plot_weights(runs: Runs, out: str | Path, title: str = "") -> Path | None:
+    """What the teacher's weights did, per variant (mean over seeds): the spread of the raw
+    `w`, the shares the clip cuts, the mean token multiplier for correct and incorrect
+    responses, and `delta`. None (nothing written) when no variant logged them."""
+    keys = {k for panel, _ in WEIGHT_PANELS for k in panel}
+    logged = [
+        v
+        for v, seeds in runs.items()
+        if any(k in r for rs in seeds.values() for r in rs for k in keys)
+    ]
+    if not logged:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    for ax, (panel, label) in zip(axes.flat, WEIGHT_PANELS, strict=True):
+        for i, variant in enumerate(runs):
+            if variant not in logged:
+                continue
+            for key, style in zip(panel, _STYLES):
+                steps, mean, _, _ = seed_band(runs[variant], key)
+                if steps:
+                    name = variant if key == panel[0] else None
+                    ax.plot(steps, mean, color=f"C{i % 10}", linestyle=style, label=name)
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("optimiser step")
+    axes[0][0].legend(loc="best", fontsize=8)
+    fig.suptitle(title or "rlsd compare: the teacher's token weights, mean over seeds")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
