@@ -28,7 +28,7 @@ from rlsd.context import (
     read_documents,
     reference_pieces,
 )
-from rlsd.context.documents import chunk_sections, markdown_sections
+from rlsd.context.documents import chunk_sections, load_documents, markdown_sections
 from rlsd.data import read_rows, to_dataset
 
 GLOSSARY = """# Glossary
@@ -365,8 +365,8 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[dict, type[Exception], str]]:
 def test_bad_input_gets_a_named_error(tmp_path, tokenizer):
     cases = bad_inputs(tmp_path)
     for name, (kwargs, error, words) in cases.items():
-        with pytest.raises(error) as raised:
-            ContextBuilder(**kwargs, tokenizer=tokenizer)
+        with pytest.raises(error) as raised:  # strict: the first unreadable document stops it
+            ContextBuilder(**kwargs, tokenizer=tokenizer, strict=True)
         assert words in str(raised.value), (name, str(raised.value))
         if "budget" not in kwargs:  # the error names the folder, file or document
             assert str(kwargs.get("docs") or kwargs.get("db") or "") in str(raised.value)
@@ -417,13 +417,43 @@ def test_context_build_end_to_end(tmp_path, docs, company_db, capsys, tiny_path)
     assert help_exit.value.code == 0 and "--top_k" in capsys.readouterr().out
 
 
+def test_a_messy_folder_builds_with_a_summary(tmp_path, docs, capsys):
+    """Unreadable documents are skipped, one line each naming it and the reason, then a
+    summary and the list beside the output; pypdf's own messages stay off the console; with
+    --strict the first one stops the build (exit 2) and nothing is written."""
+    (docs / "latin1.md").write_bytes("Caf\xe9 policy".encode("latin-1"))
+    whole = text_pdf(["Refund policy for resellers"])
+    (docs / "truncated.pdf").write_bytes(whole[: len(whole) // 2])
+    (docs / "empty.pdf").write_bytes(b"")
+    (docs / "good.pdf").write_bytes(whole)
+    data = tmp_path / "questions.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows()))
+    out = tmp_path / "built.jsonl"
+    argv = ["context", "build", "--docs", str(docs), "--dataset", str(data), "--out", str(out)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
+    assert "skipped latin1.md: not UTF-8 text (byte 3)" in printed
+    assert "skipped truncated.pdf: cannot read this PDF" in printed
+    assert "skipped empty.pdf: an empty file, not a PDF" in printed
+    assert "3 of 9 documents skipped (unreadable)" in printed  # 5 fixture files + 4 here
+    assert "EOF marker" not in printed.replace("cannot read this PDF (PdfReadError: EOF", "")
+    listed = (tmp_path / "built.jsonl.skipped.txt").read_text().splitlines()
+    assert [line.split("\t")[0] for line in listed] == ["empty.pdf", "latin1.md", "truncated.pdf"]
+    assert len(read_rows(out)) == 3
+    assert any("Refund policy for resellers" in c.text for c in load_documents(docs).chunks)
+    strict = tmp_path / "strict.jsonl"
+    assert main([*argv[:-1], str(strict), "--strict"]) == 2
+    assert "empty.pdf: an empty file" in capsys.readouterr().err and not strict.exists()
+
+
 def test_train_flags_reach_the_builder(tmp_path, docs, company_db, tiny_path):
     from rlsd.cli import _build_context, parse_train_args
 
     argv = ["--context_docs", str(docs), "--context_db", str(company_db)]
     argv += ["--context_budget", "400", "--context_top_k", "1", "--context_example_rows", "0"]
     script, _, _ = parse_train_args(argv)
-    train, held_out, provenance = _build_context(script, tiny_path, rows(), rows()[:1])
+    train, held_out, provenance = _build_context(script, tiny_path, rows(), rows()[:1], tmp_path)
     assert [p["split"] for p in provenance] == ["train"] * 3 + ["eval"]
     assert all("context_provenance" not in r for r in train + held_out)  # into the run folder
     assert held_out[0]["privileged_context"] == train[0]["privileged_context"]

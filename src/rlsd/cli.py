@@ -123,6 +123,14 @@ class ScriptArguments:
         default=3,
         metadata={"help": "Example rows shown per table a row touches (--context_db; 0: none)."},
     )
+    context_strict: bool = field(
+        default=False,
+        metadata={
+            "help": "Stop at the first unreadable document in --context_docs (default: skip "
+            "each, naming it and the reason; the list goes to the run folder's "
+            "context_skipped.txt)."
+        },
+    )
     print_metrics: bool = field(
         default=False,
         metadata={
@@ -262,13 +270,17 @@ def _reward_funcs(rows: list[dict], names: list[str]) -> list[Any]:
 
 
 def _build_context(
-    script: ScriptArguments, model_path: str, train_rows: list[dict], eval_rows: list[dict]
+    script: ScriptArguments,
+    model_path: str,
+    train_rows: list[dict],
+    eval_rows: list[dict],
+    out: Path,
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """Train and held-out rows with their privileged context built from --context_docs and
     --context_db (held-out rows too, so `eval/leak_rate` looks for copies of the documents),
     and one provenance line per row. The budget counts tokens of the model's tokenizer."""
     from rlsd.context import PROVENANCE_COLUMN, ContextBuilder
-    from rlsd.context.command import load_tokenizer
+    from rlsd.context.command import load_tokenizer, report_skipped
 
     with ContextBuilder(
         script.context_docs,
@@ -277,7 +289,9 @@ def _build_context(
         budget=script.context_budget or None,
         top_k=script.context_top_k,
         example_rows=script.context_example_rows,
+        strict=script.context_strict,
     ) as builder:
+        report_skipped(builder.documents, out / "context_skipped.txt")
         train_rows = builder.build_rows(train_rows, script.dataset_path or "train")
         eval_rows = builder.build_rows(eval_rows, script.eval_dataset_path or "held-out")
     provenance = [
@@ -361,6 +375,7 @@ def train_main(argv: list[str]) -> dict:
         except ValueError as e:  # more problems than the task's configuration holds
             raise UserError(str(e)) from e
     else:
+        assert script.dataset_path is not None  # `task` is None only with a dataset
         train_rows = read_rows(script.dataset_path)
         eval_rows = read_rows(script.eval_dataset_path) if script.eval_dataset_path else []
 
@@ -372,7 +387,7 @@ def train_main(argv: list[str]) -> dict:
     provenance: list[dict] = []  # before loading the model: a bad folder fails fast
     if script.context_docs is not None or script.context_db is not None:
         train_rows, eval_rows, provenance = _build_context(
-            script, model_path, train_rows, eval_rows
+            script, model_path, train_rows, eval_rows, out
         )
     tokenizer, model = _load_model(model_path, dtype, model_config.attn_implementation)
     try:

@@ -579,7 +579,7 @@ class RLSDTrainer(GRPOTrainer):
         if args.spec.reweights:
             lam = self._lambda(self.state.global_step + 1)
             spec_args = (advantages_B, logp_student, logp_teacher, mask, lam, args.rlsd_eps_w)
-            estimator = {
+            estimator: dict[str, Any] = {
                 "negative_only": args.rlsd_negative_only,
                 "estimator": args.rlsd_estimator,
                 "logp_teacher_wrong": inputs.get("rlsd_logp_teacher_wrong"),

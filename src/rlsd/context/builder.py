@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from rlsd.context.database import Database, sql_words
-from rlsd.context.documents import DEFAULT_MAX_CHARS, read_documents
+from rlsd.context.documents import DEFAULT_MAX_CHARS, Documents, load_documents
 from rlsd.context.errors import ContextBudgetError, ContextError
 from rlsd.context.retrieval import DocumentIndex
 from rlsd.prompts import content_text, is_conversational
@@ -120,8 +120,9 @@ class ContextBuilder:
 
     `budget` counts tokens with `tokenizer` (the model's: `tokenizer(text)["input_ids"]`);
     `None` means no budget. `top_k` chunks are retrieved per row, `example_rows` rows shown per
-    touched table, documents cut into chunks of at most `chunk_chars` characters. The database
-    stays open (read-only) until `close()`; the builder is a context manager."""
+    touched table, documents cut into chunks of at most `chunk_chars` characters; unreadable
+    documents are skipped (`documents.skipped`, each with its reason) unless `strict`. The
+    database stays open (read-only) until `close()`; the builder is a context manager."""
 
     def __init__(
         self,
@@ -133,6 +134,7 @@ class ContextBuilder:
         top_k: int = DEFAULT_TOP_K,
         example_rows: int = DEFAULT_EXAMPLE_ROWS,
         chunk_chars: int = DEFAULT_MAX_CHARS,
+        strict: bool = False,
     ):
         if docs is None and db is None:
             raise ContextError("privileged context needs a documents folder, a database or both")
@@ -148,7 +150,11 @@ class ContextBuilder:
         self.budget = budget
         self.top_k = top_k
         self.example_rows = example_rows
-        self.chunks = read_documents(docs, chunk_chars) if docs is not None else []
+        # unreadable documents are skipped (`self.documents.skipped`) unless `strict`
+        self.documents = (
+            load_documents(docs, chunk_chars, strict) if docs is not None else Documents([], 0)
+        )
+        self.chunks = self.documents.chunks
         self.index = DocumentIndex(self.chunks) if self.chunks else None
         self.database = Database(db) if db is not None else None
         self._piece_tokens: dict[str, int] = {}

@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="most characters per document chunk (default: %(default)s)",
     )
     build.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first unreadable document (default: skip it, name it and go on)",
+    )
+    build.add_argument(
         "--model",
         default="",
         help="model folder whose tokenizer counts the budget (default: the shipped tiny model)",
@@ -117,6 +122,18 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def report_skipped(documents, path: Path) -> None:
+    """One console line per skipped document and a summary line; the list (document, tab,
+    reason) written to `path` when any was skipped."""
+    for name, reason in documents.skipped:
+        print(f"skipped {name}: {reason}")
+    if documents.files:
+        print(documents.summary() + (f"; the list: {path}" if documents.skipped else ""))
+    if documents.skipped:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{name}\t{reason}\n" for name, reason in documents.skipped))
+
+
 def build_main(args: argparse.Namespace) -> dict[str, Any]:
     from rlsd.data import read_rows
 
@@ -137,7 +154,9 @@ def build_main(args: argparse.Namespace) -> dict[str, Any]:
         top_k=args.top_k,
         example_rows=args.example_rows,
         chunk_chars=args.chunk_chars,
+        strict=args.strict,
     ) as builder:
+        report_skipped(builder.documents, out.with_name(out.name + ".skipped.txt"))
         built = builder.build_rows(rows, source=str(dataset))
         documents = len({c.document for c in builder.chunks})
         chunks = len(builder.chunks)

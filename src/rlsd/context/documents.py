@@ -12,17 +12,26 @@ sections, so it never mixes two headings, pages or records; a paragraph longer t
 split at sentence ends, and a sentence longer than a chunk at spaces. Each chunk starts with
 its heading path (`Glossary > Active customer`), which BM25 then matches too.
 
+Unreadable documents (a file that is not UTF-8, a truncated, empty or password-protected
+PDF, a JSONL line that is not JSON) are skipped, each with its reason (`load_documents`
+returns them), so that one bad file in a folder of thousands does not stop the build;
+`strict=True` stops at the first instead. pypdf's own log messages (e.g. "EOF marker not
+found") are kept off the console: the reason says what went wrong.
+
 Simplifications: HTML is reduced to its text (tables become rows of cells, nothing else of the
 layout survives); PDF text is whatever pypdf extracts (a scanned PDF has none and yields no
-chunks; a password-protected one is an error unless its user password is empty); a file that
-is not UTF-8 is an error, not a guess.
+chunks; a password-protected one is unreadable unless its user password is empty); a file
+that is not UTF-8 is unreadable, not guessed at.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
-from dataclasses import dataclass
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -210,11 +219,33 @@ def html_sections(text: str) -> list[Section]:
     return [s for s in parser.sections if s[1]]
 
 
+@contextmanager
+def _quiet_pypdf():
+    """pypdf logs and warns about damaged files on its own (to the console); the error we
+    raise says it once, so its messages are held back while a PDF is read."""
+    logger = logging.getLogger("pypdf")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def pdf_sections(path: Path) -> list[Section]:
     """One section per PDF page (`page N`), its paragraphs from pypdf's text."""
+    with _quiet_pypdf():
+        return _pdf_sections(path)
+
+
+def _pdf_sections(path: Path) -> list[Section]:
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
 
+    if path.stat().st_size == 0:
+        raise DocumentError(f"{path}: an empty file, not a PDF; repair or remove it")
     try:
         reader = PdfReader(path)
         if reader.is_encrypted and not reader.decrypt(""):
@@ -311,17 +342,52 @@ def document_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def read_documents(folder: str | Path, max_chars: int = DEFAULT_MAX_CHARS) -> list[Chunk]:
-    """Every chunk of every document under `folder`, in file order then position."""
+@dataclass
+class Documents:
+    """What `load_documents` read: the chunks, the number of documents found, and the
+    `(document, reason)` of each one skipped as unreadable."""
+
+    chunks: list[Chunk]
+    files: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """`3 of 1,204 documents skipped (unreadable)`, or that none was."""
+        if not self.skipped:
+            return f"{self.files:,} documents read, none skipped"
+        return f"{len(self.skipped):,} of {self.files:,} documents skipped (unreadable)"
+
+
+def load_documents(
+    folder: str | Path, max_chars: int = DEFAULT_MAX_CHARS, strict: bool = False
+) -> Documents:
+    """Every chunk of every readable document under `folder`, in file order then position;
+    an unreadable one is skipped with its reason (`strict`: a `DocumentError` instead). A
+    folder with no text at all is a `DocumentError` either way."""
     root = Path(folder)
     chunks: list[Chunk] = []
+    skipped: list[tuple[str, str]] = []
     files = document_files(root)
     for path in files:
         name = path.relative_to(root).as_posix()
-        chunks += chunk_sections(name, document_sections(path), max_chars)
+        try:
+            sections = document_sections(path)
+        except DocumentError as e:
+            if strict:
+                raise
+            skipped.append((name, str(e).removeprefix(f"{path}: ")))
+            continue
+        chunks += chunk_sections(name, sections, max_chars)
     if not chunks:
+        example = f"; {len(skipped)} skipped, e.g. {': '.join(skipped[0])}" if skipped else ""
         raise DocumentError(
-            f"documents folder {str(root)!r}: its {len(files)} document(s) hold no text "
-            "(a scanned PDF needs OCR first)"
+            f"documents folder {str(root)!r}: its {len(files)} document(s) hold no readable "
+            f"text (a scanned PDF needs OCR first){example}"
         )
-    return chunks
+    return Documents(chunks, len(files), skipped)
+
+
+def read_documents(folder: str | Path, max_chars: int = DEFAULT_MAX_CHARS) -> list[Chunk]:
+    """Every chunk of every document under `folder`, stopping at the first unreadable one
+    (`load_documents(..., strict=True).chunks`)."""
+    return load_documents(folder, max_chars, strict=True).chunks

@@ -344,8 +344,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     argv = list(argv)
     if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):
         argv = ["--config", argv[0], *argv[1:]]
+    fields: list[Any] = [ProbeArguments]
     parser = TrlParser(
-        [ProbeArguments],
+        fields,
         prog="rlsd probe",
         description="Does the self-teacher read its privileged context? Scores sampled "
         "responses under the true and a shuffled context (see rlsd.reports.probe).",
