@@ -9,6 +9,7 @@ two tiny scenarios and 28 for SmolLM2, most of it the full-sequence teacher):
     OMP_NUM_THREADS=1 python benchmarks/cost.py                  # all three scenarios
     OMP_NUM_THREADS=1 python benchmarks/cost.py --skip_smollm    # the two tiny ones only
     OMP_NUM_THREADS=1 python benchmarks/cost.py --smollm_only    # SmolLM2 only
+    OMP_NUM_THREADS=1 python benchmarks/cost.py --estimators --scenarios tiny smollm-rg
     python benchmarks/cost.py --scenarios tiny --steps 6 --rounds 1 --output runs/bench-quick
 
 Three scenarios, three variants each. Every variant is one `rlsd train` subprocess
@@ -36,6 +37,14 @@ Scenarios:
    tokens (policy and glossary paragraphs), scored by `parity_reward` (a timing-only
    pseudo-reward: SmolLM2 earns nothing on the task, and all-equal groups would skip the
    teacher).
+4. `smollm-rg`: SmolLM2 on `examples/smollm2.yaml`'s workload (`rg:letter_counting`, its
+   answer as privileged context in the spec's template, the `rg` + `format` reward, 32
+   completions per step of up to 32 tokens), the real reward (SmolLM2 earns it here).
+
+`--estimators` runs grpo, rlsd, cepo, contrastive and peer (`rlsd_estimator`,
+`privileged_source`) in the `tiny` and `smollm-rg` scenarios instead, and reports each step
+against grpo's with the teacher's time and its negative-context pass
+(`time/teacher_negative`).
 
 The variants run interleaved, and `--rounds` times (the second round in reverse order), so
 that a slow patch of a shared machine falls on all variants. Figures are medians over the
@@ -45,7 +54,8 @@ from the run folder's `metrics.jsonl` (`step_time`, `time/generate`, `time/verif
 `time/teacher` (the teacher prompts' tokenisation plus the forwards), `time/update`, and
 for shared-prefix runs `time/teacher_prefix` and `time/teacher_responses`); the peak resident
 memory of a run is its child's `ru_maxrss` (`os.wait4`). Targets (ratios of medians):
-`tiny` rlsd/grpo step <= 1.10; `tiny-user-data` <= 1.20; `smollm` teacher time (shared) <=
+`tiny` and `smollm-rg` rlsd/grpo step <= 1.10; `tiny-user-data` <= 1.20; `smollm` teacher time
+(shared) <=
 0.35 x the full-sequence teacher's. The runs' policies drift apart (rlsd and grpo update
 differently), so their response lengths and generation times differ a little: the table
 gives each part, and the ratio without generation beside the total.
@@ -79,14 +89,27 @@ HERE = Path(__file__).resolve().parent
 PARTS = ("generate", "verify", "teacher", "update")
 SPLIT = ("teacher_prefix", "teacher_responses")
 VARIANTS = ("grpo", "rlsd", "rlsd-noshare")
-SCENARIOS = ("tiny", "tiny-user-data", "smollm")
+SCENARIOS = ("tiny", "tiny-user-data", "smollm", "smollm-rg")
 SMOLLM_CACHE = Path.home() / ".cache" / "rlsd" / "smollm2-135m"
 DOC_TOKENS = 1024
 TARGETS = {  # scenario: (what, bound)
     "tiny": ("rlsd step / grpo step", 1.10),
     "tiny-user-data": ("rlsd step / grpo step", 1.20),
     "smollm": ("teacher (shared) / teacher (full)", 0.35),
+    "smollm-rg": ("rlsd step / grpo step", 1.10),
 }
+# `--estimators`: each magnitude estimator's step against grpo's (lambda held at 0.5 too).
+ESTIMATOR_VARIANTS = {
+    "grpo": ["--algorithm", "grpo"],
+    "rlsd": ["--algorithm", "rlsd"],
+    "cepo": ["--algorithm", "rlsd", "--rlsd_estimator", "cepo"],
+    "contrastive": ["--algorithm", "rlsd", "--rlsd_estimator", "contrastive"],
+    "peer": ["--algorithm", "rlsd", "--privileged_source", "peer"],
+}
+ESTIMATOR_SCENARIOS = ("tiny", "smollm-rg")
+# The SmolLM2 reasoning-gym workload: examples/smollm2.yaml's task, reward and batch.
+RG_TASK = ["--task", "rg:letter_counting", "--task_config", '{"min_words": 3, "max_words": 5}']
+RG_REWARD = ["--reward_funcs", "exact", "format", "--reward_weights", "1.0", "0.2"]
 
 
 # ------------------------------------------------------------------------------ rewards
@@ -312,7 +335,7 @@ VARIANT_ARGS = {
 def prepare(scenario: str, args, out: Path) -> dict[str, Any]:
     """The scenario's base arguments, description and prompt lengths."""
     from rlsd.models import DEFAULT_MODEL_PATH
-    from rlsd.tasks import get_task
+    from rlsd.tasks import get_task, make_rows
     from rlsd.teacher import DEFAULT_TEACHER_TEMPLATE
 
     if scenario == "tiny":
@@ -338,6 +361,27 @@ def prepare(scenario: str, args, out: Path) -> dict[str, Any]:
             "worked solution), the spec's default teacher template, 128 completions/step "
             "(16 prompts x G = 8)",
             "lengths": prompt_lengths(model, rows[:64], DEFAULT_TEACHER_TEMPLATE),
+        }
+    if scenario == "smollm-rg":
+        model = str(smollm_folder())
+        task = get_task("rg:letter_counting", {"min_words": 3, "max_words": 5})
+        rows = make_rows(task.problems("train", 16, 0), "answer")
+        return {
+            "model": model,
+            "argv": [
+                *common_args(model, args.smollm_steps),
+                *RG_TASK,
+                *RG_REWARD,
+                "--per_device_train_batch_size", "32",
+                "--num_generations", "8",
+                "--max_completion_length", "32",
+                "--learning_rate", "5e-6",
+            ],  # fmt: skip
+            "expect_template": DEFAULT_TEACHER_TEMPLATE,
+            "describe": "SmolLM2-135M-Instruct (float32) on examples/smollm2.yaml's workload: "
+            "rg:letter_counting, its answer as privileged context in the spec's template, "
+            "the rg + format reward, 4 prompts x G = 8 completions/step (up to 32 tokens)",
+            "lengths": prompt_lengths(model, rows, DEFAULT_TEACHER_TEMPLATE),
         }
     from transformers import AutoTokenizer
 
@@ -506,6 +550,65 @@ def format_summary(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------- estimators
+def estimator_costs(args, out: Path) -> dict[str, Any]:
+    """Each estimator's step (and its teacher's parts) against grpo's, interleaved rounds, in
+    the `tiny` and `smollm-rg` scenarios (`--scenarios` picks among them)."""
+    scenarios = [s for s in ESTIMATOR_SCENARIOS if s in args.scenarios] or ["tiny"]
+    variants = tuple(ESTIMATOR_VARIANTS)
+    runs: dict[str, dict[str, list[dict]]] = {n: {v: [] for v in variants} for n in scenarios}
+    preps = {name: prepare(name, args, out) for name in scenarios}
+    for round_no in range(1, args.rounds + 1):
+        order = variants if round_no % 2 else tuple(reversed(variants))
+        for name in scenarios:
+            for variant in order:
+                runs[name][variant].append(
+                    run_train(
+                        f"{name}/{variant}/r{round_no}",
+                        [*preps[name]["argv"], *ESTIMATOR_VARIANTS[variant]],
+                        out / "estimators" / name / f"{variant}-r{round_no}",
+                    )
+                )
+    report = ["# rlsd cost benchmark: the magnitude estimators", ""]
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "scenarios": {}}
+    for name in scenarios:
+        m = {v: medians(rs, args.warmup) for v, rs in runs[name].items()}
+        for v, rs in runs[name].items():
+            negative = [
+                r.get("time/teacher_negative")
+                for run in rs
+                for s, r in run["steps"].items()
+                if s > args.warmup
+            ]
+            m[v]["time/teacher_negative"] = _median([x for x in negative if x is not None])
+        grpo = m["grpo"]["step_time"]
+        report += [
+            f"## {name}",
+            "",
+            preps[name]["describe"] + f"; lambda held at 0.5, medians over {args.rounds} "
+            f"interleaved rounds (steps > {args.warmup}).",
+            "",
+            "| variant | step s | x grpo | teacher s | of which negative pass s | peak RSS MiB |",
+            "|---|---|---|---|---|---|",
+        ]
+        for v in variants:
+            x = m[v]
+            neg = x["time/teacher_negative"]
+            report.append(
+                f"| {v} | {x['step_time']:.2f} | {x['step_time'] / grpo:.2f} | "
+                f"{x['time/teacher']:.2f} | {'-' if neg != neg else f'{neg:.2f}'} | "
+                f"{x['peak_rss_mib']:.0f} |"
+            )
+        report.append("")
+        results["scenarios"][name] = {"variants": m, "argv": preps[name]["argv"]}
+    text = "\n".join(report)
+    print("\n" + text)
+    (out / "estimators.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "estimators.md").write_text(text + "\n")
+    print(f"wrote {out / 'estimators.json'} and {out / 'estimators.md'}")
+    return results
+
+
 # --------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -520,12 +623,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of variants")
     parser.add_argument("--warmup", type=int, default=1, help="first steps of a run left out")
     parser.add_argument("--output", default="runs/bench-cost")
+    parser.add_argument(
+        "--estimators",
+        action="store_true",
+        help="instead: grpo, rlsd, cepo, contrastive and peer steps (scenarios tiny, smollm-rg)",
+    )
     args = parser.parse_args(argv)
+    if args.estimators:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        return estimator_costs(args, out)
     scenarios = [s for s in SCENARIOS if s in args.scenarios]
     if args.skip_tiny or args.smollm_only:
         scenarios = [s for s in scenarios if not s.startswith("tiny")]
     if args.skip_smollm:
-        scenarios = [s for s in scenarios if s != "smollm"]
+        scenarios = [s for s in scenarios if not s.startswith("smollm")]
     if not scenarios:
         raise SystemExit("no scenario left to run")
     out = Path(args.output)
