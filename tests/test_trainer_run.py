@@ -281,3 +281,45 @@ def test_opd_uses_a_separate_teacher_on_the_plain_prompt(tiny_path, random_path,
     assert "SECRET" not in trainer.processing_class.decode(ids[0])
     trainer.train()
     assert trainer.state.global_step == 1
+
+
+def test_peft_teacher_syncs_saves_and_loads_embedding_lora(tiny_path, tmp_path):
+    """LoRA on the embeddings puts the teacher's weights in ParameterDicts named
+    `...lora_embedding_A.rlsd_teacher` (no trailing dot): they are synced, saved and loaded
+    like the linear layers' (issue 17, defect 2)."""
+    from peft import LoraConfig
+
+    trainer = make_trainer(
+        tiny_path,
+        tmp_path,
+        max_steps=2,
+        learning_rate=1e-2,
+        teacher_sync_steps=2,
+    )
+    peft_trainer = RLSDTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_path),
+        reward_funcs=get_verifier("exact"),
+        args=trainer.args,
+        train_dataset=trainer.train_dataset,
+        processing_class=trainer.processing_class,
+        peft_config=LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "embed_tokens"], task_type="CAUSAL_LM"
+        ),
+    )
+    snapshot = peft_trainer.teacher
+    named = dict(snapshot._named())
+    embedding = [n for n in named if "lora_embedding" in n]
+    assert embedding and all(n.endswith(".rlsd_teacher") for n in embedding)
+    peft_trainer.train()  # the update of step 2 moves the policy, then the sync copies it
+    assert snapshot.synced_at == 2
+    policy = dict(peft_trainer.model.named_parameters())
+    for name in embedding:
+        twin = policy[name.removesuffix(".rlsd_teacher") + ".default"]
+        assert torch.equal(named[name], twin) and twin.abs().sum() > 0, name
+    saved = {n: p.detach().clone() for n, p in named.items()}
+    snapshot.save(tmp_path / "teacher")
+    with torch.no_grad():
+        for p in named.values():
+            p.zero_()
+    snapshot.load(tmp_path / "teacher")
+    assert all(torch.equal(named[n], saved[n]) for n in saved)

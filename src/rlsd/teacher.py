@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
@@ -50,6 +51,20 @@ DEFAULT_TEACHER_TEMPLATE = (
 )
 TEACHER_ADAPTER = "rlsd_teacher"
 TEACHER_STATE_DIR = "rlsd_teacher"
+# The adapter's name as one segment of a PEFT parameter name: in the middle for LoRA's linear
+# layers (`...q_proj.lora_A.rlsd_teacher.weight`), last for its embedding ParameterDicts
+# (`...embed_tokens.lora_embedding_A.rlsd_teacher`).
+_ADAPTER_SEGMENT = re.compile(rf"(?<=\.){TEACHER_ADAPTER}(?=\.|$)")
+
+
+def is_teacher_parameter(name: str) -> bool:
+    """Whether a parameter name belongs to the teacher adapter (any LoRA layer kind)."""
+    return _ADAPTER_SEGMENT.search(name) is not None
+
+
+def policy_parameter_name(name: str) -> str:
+    """The policy's (`default` adapter's) parameter that a teacher-adapter parameter mirrors."""
+    return _ADAPTER_SEGMENT.sub("default", name)
 DEFAULT_TRUNCATION_MARKER = " [...]"
 
 
@@ -677,7 +692,7 @@ class TeacherSnapshot:
             if name.endswith(f"lora_dropout.{TEACHER_ADAPTER}"):
                 module.p = 0.0
         for name, param in policy.named_parameters():
-            if f".{TEACHER_ADAPTER}." in name:
+            if is_teacher_parameter(name):
                 param.requires_grad_(False)
         # add_adapter may switch the active adapter; the policy trains `default`.
         policy.set_adapter("default")
@@ -709,11 +724,10 @@ class TeacherSnapshot:
         """(policy parameter, teacher parameter) for every parameter the snapshot holds."""
         if self.kind == "adapter":
             params = dict(self._policy().named_parameters())
-            marker = f".{TEACHER_ADAPTER}."
             return [
-                (params[n.replace(marker, ".default.")], p)
+                (params[policy_parameter_name(n)], p)
                 for n, p in params.items()
-                if marker in n
+                if is_teacher_parameter(n)
             ]
         if self.kind == "copy":
             source = dict(self._policy().named_parameters())
@@ -723,8 +737,7 @@ class TeacherSnapshot:
 
     def _named(self) -> list[tuple[str, torch.nn.Parameter]]:
         if self.kind == "adapter":
-            marker = f".{TEACHER_ADAPTER}."
-            return [(n, p) for n, p in self._policy().named_parameters() if marker in n]
+            return [(n, p) for n, p in self._policy().named_parameters() if is_teacher_parameter(n)]
         if self.kind == "copy":
             return list(self.trainer.accelerator.unwrap_model(self.model).named_parameters())
         return []
