@@ -4,7 +4,7 @@ training run and a compare, through rlsd's public API and CLI. Measured, never a
     OMP_NUM_THREADS=2 python benchmarks/smollm2_rg.py calibrate      # ~75 s a configuration
     OMP_NUM_THREADS=2 python benchmarks/smollm2_rg.py probe
     OMP_NUM_THREADS=2 python benchmarks/smollm2_rg.py train          # the 60-minute run
-    python benchmarks/smollm2_rg.py compare                          # grpo, rlsd x2, opsd
+    OMP_NUM_THREADS=1 python benchmarks/smollm2_rg.py compare        # grpo, rlsd x2, opsd
 
 `calibrate` samples one response (temperature 1, as the held-out evaluation) for each of 200
 held-out problems per (dataset, configuration) and scores the same responses three ways: the
@@ -45,30 +45,30 @@ TASK = "rg:letter_counting"
 TASK_CONFIG = {"min_words": 3, "max_words": 5}
 # The reward: the rg verifier (routed by the rows) plus the format reward at weight 0.2.
 REWARD_FLAGS = ["--reward_funcs", "exact", "format", "--reward_weights", "1.0", "0.2"]
+# The compare's runs: the recipe's (examples/smollm2.yaml) model, task, reward and batch; the
+# held-out evaluation sampled only (the greedy pass would double it), before and after.
 TRAIN_FLAGS = [
     "--model_name_or_path",
     "smollm2",
-    "--task",
-    TASK,
     "--task_config",
     json.dumps(TASK_CONFIG),
     *REWARD_FLAGS,
     "--learning_rate",
     "5e-6",
+    "--lr_scheduler_type",
+    "constant",
     "--per_device_train_batch_size",
-    "64",
+    "32",
     "--num_generations",
     "8",
     "--max_completion_length",
-    "48",
-    "--num_eval",
-    "200",
-    "--eval_every",
-    "20",
+    "32",
     "--eval_num_samples",
     "1",
+    "--eval_greedy",
+    "false",
     "--save_steps",
-    "20",
+    "2",
     "--save_total_limit",
     "1",
 ]
@@ -177,6 +177,7 @@ def main() -> None:
                 str(args.seeds),
                 "--output",
                 str(OUT / "compare"),
+                *("--task", TASK, "--max_steps", "6", "--num_eval", "200", "--eval_every", "6"),
                 *rest,
                 "--",
                 *TRAIN_FLAGS,

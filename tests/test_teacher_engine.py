@@ -12,7 +12,7 @@ from trl.trainer.utils import add_fused_lm_head
 
 import rlsd.trainer as trainer_module
 from rlsd import RLSDConfig
-from rlsd.objectives import lambda_at, rlsd_token_advantages
+from rlsd.objectives import lambda_at, rlsd_token_advantages, token_advantages
 from rlsd.prompts import tokenize_prompts
 from rlsd.tasks import get_task, make_rows
 from rlsd.teacher import (
@@ -190,17 +190,17 @@ def _record_lambdas(monkeypatch, trainer) -> list[tuple[int, float, bool]]:
     seen: list[tuple[int, float, bool]] = []
     original_token_advantages = trainer._token_advantages
 
-    def token_advantages(inputs, logps):
+    def token_advantages_of_step(inputs, logps):
         seen.append((trainer.state.global_step + 1, None, "old_per_token_logps" in inputs))
         return original_token_advantages(inputs, logps)
 
     def spy(advantages, logp_s, logp_t, mask, lam, *args, **kwargs):
         step, _, old = seen[-1]
         seen[-1] = (step, lam, old)
-        return rlsd_token_advantages(advantages, logp_s, logp_t, mask, lam, *args, **kwargs)
+        return token_advantages(advantages, logp_s, logp_t, mask, lam, *args, **kwargs)
 
-    trainer._token_advantages = token_advantages
-    monkeypatch.setattr(trainer_module, "rlsd_token_advantages", spy)
+    trainer._token_advantages = token_advantages_of_step
+    monkeypatch.setattr(trainer_module, "token_advantages", spy)
     return seen
 
 

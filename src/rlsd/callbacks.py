@@ -216,8 +216,10 @@ class HeldOutEvalCallback(TrainerCallback):
         max_new_tokens: int = 40,
         ks: tuple[int, ...] = (1,),
         seed: int = 0,
+        greedy: bool = True,
     ):
         self.trainer, self.rows, self.reward_fn = trainer, rows, reward_fn
+        self.greedy = greedy
         self.every, self.num_samples, self.temperature = every, num_samples, temperature
         self.max_new_tokens, self.ks, self.seed = max_new_tokens, ks, seed
         self.history: list[dict[str, Any]] = []  # the main process's `eval/*` per step
@@ -239,6 +241,7 @@ class HeldOutEvalCallback(TrainerCallback):
                 max_new_tokens=self.max_new_tokens,
                 ks=self.ks,
                 seed=self.seed,
+                greedy=self.greedy,
             )
             metrics = {f"eval/{k}": v for k, v in metrics.items() if k != "num_problems"}
             self.history.append({"step": step, **metrics})

@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_steps", type=int, default=None, help="Optimiser steps per run (100)."
     )
     parser.add_argument(
-        "--task", default="mixed", help="Built-in task, as `rlsd train --task` (default mixed)."
+        "--task", default="mixed", help="Task, as `rlsd train --task` (default mixed)."
     )
     parser.add_argument("--num_eval", type=int, default=None, help="Held-out problems (1000).")
     parser.add_argument("--eval_every", type=int, default=None, help="Evaluate every N steps (10).")
@@ -410,10 +410,15 @@ def main(argv: list[str]) -> dict[str, Any]:
         length,
         _flag_value(passthrough, "eval_num_samples", 1),
     )
+    model = _flag_string(passthrough, "model_name_or_path")
+    if model is None:
+        when = f"estimate ~{estimate / 60:.0f} min with --jobs {args.jobs} on this project's CPU"
+    else:  # the cost table is the shipped tiny model's: say so rather than guess
+        when = f"no estimate for --model_name_or_path {model}: the table is the tiny model's"
     print(
         f"rlsd compare: {len(variants)} variants x {seeds} seeds = {len(runs)} runs of "
         f"{max_steps} steps, {num_eval} held-out problems every {eval_every} steps -> {output} "
-        f"(estimate ~{estimate / 60:.0f} min with --jobs {args.jobs} on this project's CPU)",
+        f"({when})",
         flush=True,
     )
     if args.dry_run:
@@ -454,6 +459,17 @@ def _task_completion_length(task: str) -> int:
     from rlsd.tasks import TASKS
 
     return TASKS[task].max_completion_length if task in TASKS else 40
+
+
+def _flag_string(flags: list[str], name: str) -> str | None:
+    """The last value given to `--name` in `flags` (None: not given)."""
+    value = None
+    for i, flag in enumerate(flags):
+        if flag == f"--{name}" and i + 1 < len(flags):
+            value = flags[i + 1]
+        elif flag.startswith(f"--{name}="):
+            value = flag.split("=", 1)[1]
+    return value
 
 
 def _flag_value(flags: list[str], name: str, default: int) -> int:
