@@ -393,3 +393,22 @@ def test_privileged_text_reaches_the_run_folder_only_with_log_privileged(tmp_pat
         question = sample["prompt"][0]["content"]  # Q:i+1=
         i = int(question[2:-3])
         assert sample["privileged_context"].startswith(f"{i}+1={i + 1};")
+
+
+def test_eval_greedy_false_skips_the_greedy_pass(tmp_path, capsys):
+    """`--eval_greedy false`: the held-out evaluation samples only (no `eval/greedy_accuracy`),
+    and the closing line says nothing about greedy accuracy."""
+    from rlsd.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--max_steps", "1", "--per_device_train_batch_size", "16"]
+    argv += ["--num_train", "16", "--num_eval", "8", "--eval_every", "0"]
+    argv += ["--eval_greedy", "false", "--save_strategy", "no", "--output_dir", str(out)]
+    assert main(argv) == 0
+    evals = [r for r in _jsonl(out / "metrics.jsonl") if "eval/accuracy" in r]
+    assert [r["step"] for r in evals] == [0, 1]
+    assert not any("eval/greedy_accuracy" in r for r in evals)
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("held-out")]
+    assert line.startswith("held-out accuracy (sampled, 8 problems)") and "greedy" not in line
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["greedy_before"] is None and summary["accuracy_before"] is not None
