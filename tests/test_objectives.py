@@ -15,6 +15,7 @@ import torch
 
 from rlsd.objectives import (
     DEFAULT_LEAK_PHRASES,
+    clamp_log_ratio,
     clipped_policy_loss,
     generalized_jsd,
     group_advantages,
@@ -433,6 +434,18 @@ def test_clipped_policy_loss_ratio_clamp_and_padding():
         aggregation="seq_mean_token_mean",
     )
     assert loss.item() == 0.0 and loss.requires_grad and metrics["clip/low_ratio"] == 0.0
+
+
+def test_clamp_log_ratio_by_hand():
+    new = torch.tensor([[0.1, -150.0, -1.0, -2.0]], requires_grad=True)
+    old = torch.tensor([[-0.3, -1.0, -25.0, -2.0 + 20.0]])
+    out = clamp_log_ratio(new, old)
+    # inside [-20, 20]: new itself, bit for bit; outside: old +- 20
+    assert out[0, 0].item() == new[0, 0].item() and out[0, 3].item() == new[0, 3].item()
+    close(out.detach(), [[0.1, -21.0, -5.0, -2.0]])
+    close(torch.exp(out - old).detach(), [[math.exp(0.4), math.exp(-20), math.exp(20), math.exp(-20)]])
+    out.sum().backward()  # a clamped token's ratio carries no gradient, as torch.clamp's
+    close(new.grad, [[1.0, 0.0, 0.0, 1.0]])
 
 
 def test_clipped_policy_loss_is_float32_for_bfloat16_inputs():

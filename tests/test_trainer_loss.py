@@ -117,6 +117,36 @@ def test_trl_loss_with_token_advantages_is_spec_section_3(tmp_path, random_path,
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("algorithm", ["grpo", "rlsd"])
+def test_an_overflowing_ratio_gives_the_clamped_spec_loss(tmp_path, random_path, batch, algorithm):
+    """Spec section 3: rho = exp(clamp(logp_new - logp_old, -20, 20)). A log-ratio of +100 on a
+    token whose advantage is 0 overflows a plain exp to inf, and inf * 0 is NaN; a log-ratio
+    of -100 on a negative-advantage token underflows. The loss and its gradient stay finite
+    and equal the clamped spec value."""
+    extra = {"rlsd_lambda": 0.0} if algorithm == "rlsd" else {}  # rlsd: A_hat = A exactly
+    trainer = _trainer(
+        RLSDTrainer, RLSDConfig(**_common(tmp_path), algorithm=algorithm, **extra), random_path
+    )
+    inputs, current = _with_old_logps(trainer, batch, shift=0.3)
+    old = inputs["old_per_token_logps"].clone()
+    old[6, 0] = current[6, 0] - 100.0  # advantage 0: exp(100) overflows float32
+    old[1, 2] = current[1, 2] + 100.0  # advantage -0.5: exp(-100) = 0
+    old[0, 1] = current[0, 1] - 30.0  # advantage 1.5: clamped at 20, then clipped
+    inputs = {**inputs, "old_per_token_logps": old}
+    assert torch.isinf(torch.exp(current - old)).any()  # what TRL alone would compute
+    mask = batch["completion_mask"].float()
+    a = batch["advantages"][:, None] * mask
+    if algorithm == "rlsd":  # the teacher's columns, so that the loss-time A_hat path runs
+        inputs["rlsd_logp_teacher"] = current + 1.0
+        inputs["rlsd_scored"] = torch.ones(B)
+    loss = trainer._compute_loss(trainer.model, inputs)
+    expected, _ = clipped_policy_loss(current, old, a, mask, eps_low=0.2, eps_high=0.28, c_dual=3.0)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in trainer.model.parameters() if p.grad is not None)
+
+
 def test_refuses_combinations_that_cannot_work(tmp_path):
     with pytest.raises(ValueError, match="per-token"):
         RLSDConfig(output_dir=str(tmp_path), loss_type="vespo", use_cpu=True)

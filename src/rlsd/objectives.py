@@ -47,6 +47,7 @@ __all__ = [
     "cepo_token_advantages",
     "clipped_policy_loss",
     "contrastive_token_advantages",
+    "clamp_log_ratio",
     "estimator_delta",
     "generalized_jsd",
     "group_advantages",
@@ -556,6 +557,19 @@ def _quantiles(prefix: str, values: torch.Tensor, percents: Sequence[int]) -> di
 # --------------------------------------------------------------------------------------------
 # Section 3: the clipped surrogate loss (owns aggregation)
 # --------------------------------------------------------------------------------------------
+
+
+def clamp_log_ratio(logp_new: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
+    """``logp_new`` with every token whose ``logp_new - logp_old`` leaves ``[-20, 20]`` replaced
+    by ``logp_old + clamp(logp_new - logp_old, -20, 20)``, so that a loss which takes
+    ``exp(logp_new - logp_old)`` (TRL's) gets spec section 3's
+    ``rho = exp(clamp(logp_new - logp_old, -20, 20))``: finite, and, as a clamp does, no
+    gradient through a clamped token's ratio. Tokens inside the range are ``logp_new`` itself,
+    bit for bit (``torch.where``, not ``old + (new - old)``)."""
+    log_ratio = logp_new - logp_old
+    inside = log_ratio.abs() <= _LOG_RATIO_CLAMP
+    clamped = logp_old + log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+    return torch.where(inside, logp_new, clamped)
 
 
 def clipped_policy_loss(

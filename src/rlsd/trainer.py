@@ -44,6 +44,7 @@ from trl import GRPOTrainer
 
 from rlsd.config import RLSDConfig
 from rlsd.objectives import (
+    clamp_log_ratio,
     generalized_jsd,
     group_advantages,
     lambda_at,
@@ -123,6 +124,7 @@ class RLSDTrainer(GRPOTrainer):
         self._timings: dict[str, float] = defaultdict(float)
         self._rewards_per_func: torch.Tensor | None = None
         self._loss_time_inputs: dict[str, Any] | None = None
+        self._loss_old_logps: torch.Tensor | None = None  # for the ratio clamp (spec section 3)
         self._prefix_sharing: bool | None = None  # None until checked against the full forward
         self.teacher = TeacherSnapshot(self, args) if args.uses_teacher else None
         if self.teacher is not None:
@@ -530,6 +532,7 @@ class RLSDTrainer(GRPOTrainer):
             # a copy, so that the buffered batch keeps A for its next iteration.
             inputs = dict(inputs)
             self._loss_time_inputs = inputs
+        self._loss_old_logps = inputs.get("old_per_token_logps")
         try:
             if not args.vocab_distillation:
                 return super()._compute_loss(model, inputs)
@@ -539,6 +542,7 @@ class RLSDTrainer(GRPOTrainer):
             return distill
         finally:
             self._loss_time_inputs = None
+            self._loss_old_logps = None
 
     def _get_per_token_logps_and_entropies(
         self,
@@ -552,7 +556,9 @@ class RLSDTrainer(GRPOTrainer):
     ):
         """TRL's forward. In the loss (the only call with `compute_entropy`), it also turns the
         micro-batch's `A` into `A_hat` from these very log-probs, detached: the released code's
-        delta, with no forward of its own, before TRL's loss reads `inputs["advantages"]`."""
+        delta, with no forward of its own, before TRL's loss reads `inputs["advantages"]`; and
+        it returns log-probs whose ratio to the rollout's is clamped to exp(+-20), as the spec's
+        section 3 asks and TRL's plain `exp` does not (`clamp_log_ratio`)."""
         out = super()._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, **kwargs
         )
@@ -560,6 +566,10 @@ class RLSDTrainer(GRPOTrainer):
         if pending is not None and compute_entropy:
             self._loss_time_inputs = None
             pending["advantages"] = self._token_advantages(pending, out[0])
+        old = self._loss_old_logps
+        if old is not None and compute_entropy:  # TRL's loss takes a plain exp of the ratio
+            self._loss_old_logps = None
+            out = (clamp_log_ratio(out[0], old), *out[1:])
         return out
 
     def _token_advantages(self, inputs: dict[str, Any], logps_BT: torch.Tensor) -> torch.Tensor:
