@@ -443,7 +443,9 @@ def test_clamp_log_ratio_by_hand():
     # inside [-20, 20]: new itself, bit for bit; outside: old +- 20
     assert out[0, 0].item() == new[0, 0].item() and out[0, 3].item() == new[0, 3].item()
     close(out.detach(), [[0.1, -21.0, -5.0, -2.0]])
-    close(torch.exp(out - old).detach(), [[math.exp(0.4), math.exp(-20), math.exp(20), math.exp(-20)]])
+    close(
+        torch.exp(out - old).detach(), [[math.exp(0.4), math.exp(-20), math.exp(20), math.exp(-20)]]
+    )
     out.sum().backward()  # a clamped token's ratio carries no gradient, as torch.clamp's
     close(new.grad, [[1.0, 0.0, 0.0, 1.0]])
 

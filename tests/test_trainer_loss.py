@@ -144,7 +144,9 @@ def test_an_overflowing_ratio_gives_the_clamped_spec_loss(tmp_path, random_path,
     assert torch.isfinite(loss)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     loss.backward()
-    assert all(torch.isfinite(p.grad).all() for p in trainer.model.parameters() if p.grad is not None)
+    assert all(
+        torch.isfinite(p.grad).all() for p in trainer.model.parameters() if p.grad is not None
+    )
 
 
 def test_refuses_combinations_that_cannot_work(tmp_path):
