@@ -371,10 +371,14 @@ def prepare(scenario: str, args, out: Path) -> dict[str, Any]:
                 *common_args(model, args.smollm_steps),
                 *RG_TASK,
                 *RG_REWARD,
-                "--per_device_train_batch_size", "32",
-                "--num_generations", "8",
-                "--max_completion_length", "32",
-                "--learning_rate", "5e-6",
+                "--per_device_train_batch_size",
+                "32",
+                "--num_generations",
+                "8",
+                "--max_completion_length",
+                "32",
+                "--learning_rate",
+                "5e-6",
             ],  # fmt: skip
             "expect_template": DEFAULT_TEACHER_TEMPLATE,
             "describe": "SmolLM2-135M-Instruct (float32) on examples/smollm2.yaml's workload: "

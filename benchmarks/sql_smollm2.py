@@ -183,13 +183,13 @@ def model_path() -> str:
 
 
 def probe(args: argparse.Namespace) -> None:
-    out = OUT / "probe.json"
+    out = OUT / "eval.json"
     cmd = [
-        "rlsd", "eval", model_path(),
+        "rlsd", "eval", "--model_name_or_path", model_path(),
         "--dataset_path", str(OUT / "eval.jsonl"),
-        "--num_samples", str(args.probe_samples),
-        "--max_new_tokens", str(args.max_completion_length),
-        "--output", str(out),
+        "--num_generations", str(args.probe_samples),
+        "--max_completion_length", str(args.max_completion_length),
+        "--output_dir", str(OUT),
     ]  # fmt: skip
     seconds = run(cmd, OUT / "probe.log")
     if out.exists():
@@ -269,7 +269,7 @@ def report(args: argparse.Namespace) -> None:
         ),
         "",
     ]
-    for name in ("probe-full.json", "probe.json"):
+    for name in ("probe-full.json", "probe.json", "eval.json"):
         if (OUT / name).exists():
             p = json.loads((OUT / name).read_text())
             passes = ", ".join(f"{k} {_pct(v)}" for k, v in p.items() if k.startswith("pass@"))

@@ -231,17 +231,18 @@ def test_prepare_restarts_without_checkpoint(tmp_path):
 
 def test_reserved_flags_are_refused(tmp_path, capsys):
     from rlsd.compare import main
+    from rlsd.data import UserError
 
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--quick", "--output", str(tmp_path), "--", "--algorithm", "grpo"])
-    assert exit_info.value.code == 2  # a user error
-    assert "--algorithm cannot be passed to the runs" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--algorithm cannot be passed to the runs"):
+        main(["--quick", "--output_dir", str(tmp_path), "--", "--algorithm", "grpo"])
 
 
 def test_dry_run_lists_runs(tmp_path, capsys):
     from rlsd.compare import main
 
-    out = main(["--seeds", "5", "--num_eval", "1000", "--dry_run", "--output", str(tmp_path / "c")])
+    out = main(
+        ["--seeds", "5", "--num_eval", "1000", "--dry_run", "--output_dir", str(tmp_path / "c")]
+    )
     assert out["runs"] == 20 and out["estimate_s"] > 0
     printed = capsys.readouterr().out
     assert printed.count("rlsd train") == 20 and "--num_eval 1000" in printed
@@ -266,16 +267,16 @@ def test_parallel_jobs_run_every_run_once(tmp_path, monkeypatch):
         (run.folder / "summary.json").write_text("{}")
         return {"returncode": 0, "wall_s": 0.0}
 
-    monkeypatch.setattr(compare, "execute", fake_execute)
+    monkeypatch.setattr(compare.runner, "execute", fake_execute)
     argv = [
-        "--algorithms",
+        "--variants",
         "grpo",
         "rlsd_strong",
         "--seeds",
         "2",
         "--jobs",
         "2",
-        "--output",
+        "--output_dir",
         str(tmp_path / "c"),
     ]
     out = compare.main(argv)
@@ -305,7 +306,7 @@ def test_compare_quick_end_to_end_and_resume(tmp_path, random_path):
         "rlsd.cli",
         "compare",
         "--quick",
-        "--output",
+        "--output_dir",
         str(out),
         "--",
         "--model_name_or_path",
@@ -331,12 +332,12 @@ def test_compare_quick_end_to_end_and_resume(tmp_path, random_path):
     assert {p: p.stat().st_mtime_ns for p in summaries} == summaries
 
     (out / "results.md").unlink()
-    rebuilt = main(["--quick", "--output", str(out), "--report_only"])
+    rebuilt = main(["--quick", "--output_dir", str(out), "--report_only"])
     assert (out / "results.md").exists() and {r["variant"] for r in rebuilt["rows"]} == {
         "grpo",
         "rlsd",
     }
-    assert (out / "command.txt").read_text().startswith("rlsd compare --quick --output")
+    assert (out / "command.txt").read_text().startswith("rlsd compare --quick --output_dir")
 
 
 def test_paired_difference_against_the_baseline(runs):

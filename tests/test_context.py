@@ -381,10 +381,10 @@ def test_context_build_end_to_end(tmp_path, docs, company_db, capsys, tiny_path)
     data = tmp_path / "questions.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows()))
     digest = sha256(company_db)
-    argv = ["context", "build", "--docs", str(docs), "--db", str(company_db)]
-    argv += ["--dataset", str(data), "--budget", "700", "--top_k", "2"]
+    argv = ["context", "build", "--context_docs", str(docs), "--context_db", str(company_db)]
+    argv += ["--dataset_path", str(data), "--context_budget", "700", "--context_top_k", "2"]
     assert main(argv) == 0
-    out = tmp_path / "questions.ctx.jsonl"  # the default --out
+    out = tmp_path / "questions.ctx.jsonl"  # the default output: beside the dataset
     printed = capsys.readouterr().out
     assert "3 of 3 rows built" in printed and str(out) in printed
     assert "fiscal year starts" not in printed  # a summary, never privileged text
@@ -394,16 +394,37 @@ def test_context_build_end_to_end(tmp_path, docs, company_db, capsys, tiny_path)
     assert all(r["context_provenance"]["tokens"] <= 700 for r in built)
     assert len(to_dataset(built)) == 3  # `rlsd train --dataset_path` reads it
 
-    assert main([*argv[:-4], "--dataset", str(out), "--out", str(tmp_path / "again.jsonl")]) == 2
+    again = ["--dataset_path", str(out), "--output_dir", str(tmp_path / "again")]
+    assert main([*argv[:-4], *again]) == 2
     assert "already has a built context" in capsys.readouterr().err
-    assert main(["context", "build", "--dataset", str(data)]) == 2
-    assert "give --docs DIR, --db FILE or both" in capsys.readouterr().err
-    assert main(["context", "build", "--docs", str(tmp_path / "nope"), "--dataset", str(data)]) == 2
+    assert main(["context", "build", "--dataset_path", str(data)]) == 2
+    assert "give --context_docs DIR, --context_db FILE or both" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "context",
+                "build",
+                "--context_docs",
+                str(tmp_path / "nope"),
+                "--dataset_path",
+                str(data),
+            ]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
-    other = tmp_path / "other.jsonl"
-    argv = ["context", "build", "--docs", str(docs), "--db", str(company_db), "--dataset"]
-    argv += [str(data), "--out", str(other), "--budget", "0", "--top_k", "1"]
-    argv += ["--example_rows", "0", "--chunk_chars", "60", "--model", tiny_path]
+    other = tmp_path / "other" / "questions.ctx.jsonl"
+    argv = ["context", "build", "--context_docs", str(docs), "--context_db", str(company_db)]
+    argv += ["--dataset_path", str(data), "--output_dir", str(other.parent)]
+    argv += ["--context_budget", "0", "--context_top_k", "1"]
+    argv += [
+        "--context_example_rows",
+        "0",
+        "--chunk_chars",
+        "60",
+        "--model_name_or_path",
+        tiny_path,
+    ]
     assert main(argv) == 0 and "(18 chunks)" in capsys.readouterr().out  # 9 at 1000 characters
     for row in read_rows(other):
         provenance = row["context_provenance"]
@@ -414,7 +435,7 @@ def test_context_build_end_to_end(tmp_path, docs, company_db, capsys, tiny_path)
     assert "cannot load the tokenizer" in capsys.readouterr().err
     with pytest.raises(SystemExit) as help_exit:
         main(["context", "build", "--help"])
-    assert help_exit.value.code == 0 and "--top_k" in capsys.readouterr().out
+    assert help_exit.value.code == 0 and "--context_top_k" in capsys.readouterr().out
 
 
 def test_a_messy_folder_builds_with_a_summary(tmp_path, docs, capsys):
@@ -429,7 +450,8 @@ def test_a_messy_folder_builds_with_a_summary(tmp_path, docs, capsys):
     data = tmp_path / "questions.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows()))
     out = tmp_path / "built.jsonl"
-    argv = ["context", "build", "--docs", str(docs), "--dataset", str(data), "--out", str(out)]
+    argv = ["context", "build", "--context_docs", str(docs), "--dataset_path", str(data)]
+    argv += ["--out", str(out)]  # the previous release's spelling: still a file
     assert main(argv) == 0
     captured = capsys.readouterr()
     printed = captured.out + captured.err
@@ -443,7 +465,7 @@ def test_a_messy_folder_builds_with_a_summary(tmp_path, docs, capsys):
     assert len(read_rows(out)) == 3
     assert any("Refund policy for resellers" in c.text for c in load_documents(docs).chunks)
     strict = tmp_path / "strict.jsonl"
-    assert main([*argv[:-1], str(strict), "--strict"]) == 2
+    assert main([*argv[:-1], str(strict), "--context_strict"]) == 2
     assert "empty.pdf: an empty file" in capsys.readouterr().err and not strict.exists()
 
 

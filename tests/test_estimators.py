@@ -80,9 +80,7 @@ def test_estimators_are_finite_on_infinite_inputs_and_zero_at_padding():
 def test_estimator_delta_and_stats_follow_the_estimator():
     delta = estimator_delta("cepo", LOGP_S, LOGP_T, LOGP_TW, MASK)
     assert torch.allclose(delta, LOGP_T - LOGP_TW)
-    stats = rlsd_stats(
-        ADV, LOGP_S, LOGP_T, MASK, 0.5, estimator="cepo", logp_teacher_wrong=LOGP_TW
-    )
+    stats = rlsd_stats(ADV, LOGP_S, LOGP_T, MASK, 0.5, estimator="cepo", logp_teacher_wrong=LOGP_TW)
     assert stats["rlsd/delta_mean"] == pytest.approx(float((LOGP_T - LOGP_TW).mean()))
     # 2 of 6 tokens clipped low (x = -1, -1) and 1 high (x = 2)
     assert stats["rlsd/clip_low_ratio_all"] == pytest.approx(2 / 6)

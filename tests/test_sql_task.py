@@ -270,14 +270,15 @@ def test_sft_on_sql_repeats_problems_routes_to_sql_and_sets_positions(tmp_path, 
 
 
 def test_train_takes_the_tasks_defaults_unless_the_user_sets_them(tmp_path):
-    from rlsd.cli import CPU_DEFAULTS, _task_flags, parse_train_args
+    from rlsd.cli import CPU_DEFAULTS, parse_train_args
 
-    def parsed(argv):
-        script, config, _ = parse_train_args([*argv, *_task_flags(TASK, argv)])
+    def parsed(argv):  # parsed once: the task's defaults are the parser's
+        script, config, _ = parse_train_args(argv)
         return script, config
 
     script, config = parsed(["--task", "sql"])
-    for name, value in {"max_completion_length": 176, **TASK.train_defaults}.items():
+    own = {"max_completion_length": 176, "teacher_template": TASK.teacher_template}
+    for name, value in {**own, **TASK.train_defaults}.items():
         assert getattr(script if hasattr(script, name) else config, name) == value, name
     # derived from the task's batch as from a user's: one generation batch per step
     assert config.generation_batch_size == config.per_device_train_batch_size

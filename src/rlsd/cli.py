@@ -18,7 +18,6 @@ the library progress bars and transformers' deprecation notices.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 import sys
@@ -169,57 +168,97 @@ def _default_output_dir(algorithm: str, task: str) -> str:
 
 
 # ----------------------------------------------------------------------------------- train
-def train_parser() -> TrlParser:
-    """`rlsd train`'s parser: TRL's, over the script, `RLSDConfig` and `ModelConfig` fields."""
-    import torch
-    from trl import ModelConfig, TrlParser
+TRAIN_DESCRIPTION = (
+    "Train with RLSD (or --algorithm grpo, opsd, grpo_opsd, opd). A YAML file sets any field "
+    "below; flags override it. Without data: the built-in tasks and the shipped tiny model, on "
+    "a CPU. The fields are those of rlsd.ScriptArguments, rlsd.RLSDConfig (TRL's GRPOConfig "
+    "and HF TrainingArguments) and TRL's ModelConfig."
+)
+
+
+def _train_types() -> list[Any]:
+    from trl import ModelConfig
 
     from rlsd.config import RLSDConfig
 
-    fields: list[Any] = [ScriptArguments, RLSDConfig, ModelConfig]
-    parser = TrlParser(
-        fields,
-        prog="rlsd train",
+    return [ScriptArguments, RLSDConfig, ModelConfig]
+
+
+def _train_defaults(task=None) -> dict[str, Any]:
+    """`CPU_DEFAULTS`, then the task's own (`max_completion_length`, its teacher template and
+    `Task.train_defaults`, e.g. a shorter run for the sql task): the parser's defaults, so that
+    a YAML key or a flag overrides each and `GRPOConfig` derives its batch sizes from them as
+    from the user's own values."""
+    import torch
+
+    defaults: dict[str, Any] = {
+        **CPU_DEFAULTS,
+        "use_cpu": not torch.cuda.is_available(),
+        "output_dir": "",
+    }
+    if task is not None:
+        defaults.update(
+            max_completion_length=task.max_completion_length,
+            teacher_template=task.teacher_template,
+            **task.train_defaults,
+        )
+    return defaults
+
+
+def train_parser(task=None) -> TrlParser:
+    """`rlsd train`'s parser: TRL's, over the script, `RLSDConfig` and `ModelConfig` fields,
+    with the CPU defaults and `task`'s own."""
+    from rlsd.arguments import build_parser
+
+    return build_parser(
+        _train_types(),
+        "rlsd train",
+        TRAIN_DESCRIPTION,
+        _train_defaults(task),
         usage="rlsd train [CONFIG.yaml] [--key value ...]",
-        description="Train with RLSD (or --algorithm grpo, opsd, grpo_opsd, opd). A YAML file "
-        "sets any field below; flags override it. Without data: the built-in tasks and the "
-        "shipped tiny model, on a CPU. The fields are those of rlsd.ScriptArguments, "
-        "rlsd.RLSDConfig (TRL's GRPOConfig and HF TrainingArguments) and TRL's ModelConfig.",
     )
-    defaults = dict(CPU_DEFAULTS)
-    defaults["use_cpu"] = not torch.cuda.is_available()
-    defaults["output_dir"] = ""
-    parser.set_defaults_with_config(**defaults)
-    return parser
 
 
-def parse_train_args(argv: list[str]) -> tuple[ScriptArguments, RLSDConfig, ModelConfig]:
-    """`(ScriptArguments, RLSDConfig, ModelConfig)` from a YAML path and flags."""
+def _named_task(argv: list[str]):
+    """The built-in task a train command line names (`--task`/`--task_config`, from its YAML
+    file or its flags), or None when it gives `--dataset_path`: read before parsing, because
+    the task's defaults are the parser's."""
     import yaml
 
+    from rlsd.arguments import config_path
+
+    path = config_path(argv)
+    given: Any = {}
+    if path is not None and Path(path).is_file():
+        try:
+            given = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError:
+            given = {}  # the parser reports it, with the file's name
+    if not isinstance(given, dict):
+        given = {}
+    scan = argparse.ArgumentParser(add_help=False)
+    for name in ("task", "task_config", "dataset_path"):
+        scan.add_argument(f"--{name}", default=given.get(name))
+    known, _ = scan.parse_known_args(argv)
+    if known.dataset_path is not None:
+        return None
+    return resolve_task(known.task or ScriptArguments.task, known.task_config)
+
+
+def _parse_train(argv: list[str]) -> tuple[ScriptArguments, RLSDConfig, ModelConfig, Any]:
+    """`parse_train_args` and the task it names (None with a dataset)."""
+    from rlsd.arguments import parse_command
+
     argv = list(argv)
-    if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):
-        argv = ["--config", argv[0], *argv[1:]]
-    parser = train_parser()
-    try:
-        script, config, model_config, unknown = parser.parse_args_and_config(
-            argv, return_remaining_strings=True
-        )
-    except FileNotFoundError as e:
-        raise UserError(f"{e.filename}: no such file") from e
-    except yaml.YAMLError as e:
-        raise UserError(f"the YAML configuration is not valid YAML: {e}") from e
-    except ValueError as e:  # a field's validation (RLSDConfig, GRPOConfig, ...)
-        raise UserError(str(e)) from e
-    if unknown:  # from the YAML file or the command line
-        known = [o for action in parser._actions for o in action.option_strings]
-        names = [a for a in unknown if a.startswith("--")]
-        close = difflib.get_close_matches(names[0], known, n=1) if names else []
-        raise UserError(
-            f"unknown argument(s): {' '.join(unknown)}"
-            + (f" (did you mean {close[0]}?)" if close else "")
-            + "; `rlsd train --help` lists every field."
-        )
+    task = _named_task(argv)
+    script, config, model_config = parse_command(
+        _train_types(),
+        argv,
+        "rlsd train",
+        TRAIN_DESCRIPTION,
+        defaults=_train_defaults(task),
+        usage="rlsd train [CONFIG.yaml] [--key value ...]",
+    )
     if not config.output_dir or config.output_dir == "trainer_output":
         resumed = config.resume_from_checkpoint
         config.output_dir = (
@@ -227,6 +266,13 @@ def parse_train_args(argv: list[str]) -> tuple[ScriptArguments, RLSDConfig, Mode
             if resumed and Path(resumed).is_dir()
             else _default_output_dir(config.algorithm, script.task)
         )
+    return script, config, model_config, task
+
+
+def parse_train_args(argv: list[str]) -> tuple[ScriptArguments, RLSDConfig, ModelConfig]:
+    """`(ScriptArguments, RLSDConfig, ModelConfig)` from a YAML path and flags, over the CPU
+    defaults and the named task's own (`_train_defaults`)."""
+    script, config, model_config, _ = _parse_train(argv)
     return script, config, model_config
 
 
@@ -317,28 +363,6 @@ def resolve_task(name: str, task_config: Any = None):
         raise UserError(str(e)) from e
 
 
-def _task_flags(task, argv: list[str]) -> list[str]:
-    """`rlsd train` flags for the task's own defaults (`max_completion_length`, and
-    `Task.train_defaults`: a shorter run for the sql task), each one only where neither the
-    command line nor the YAML file sets it. Given as flags, so that `GRPOConfig` derives its
-    batch sizes from them as from the user's own."""
-    import yaml
-
-    config_path = None
-    if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):
-        config_path = argv[0]
-    elif "--config" in argv[:-1]:
-        config_path = argv[argv.index("--config") + 1]
-    in_yaml = set(yaml.safe_load(Path(config_path).read_text()) or {}) if config_path else set()
-    defaults = {"max_completion_length": task.max_completion_length, **task.train_defaults}
-    flags = []
-    for name, value in defaults.items():
-        given = any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)
-        if not given and name not in in_yaml:
-            flags += [f"--{name}", str(value)]
-    return flags
-
-
 def train_main(argv: list[str]) -> dict:
     import torch
     from transformers import PrinterCallback, ProgressCallback
@@ -349,16 +373,9 @@ def train_main(argv: list[str]) -> dict:
     from rlsd.models import resolve_model_path
     from rlsd.reports.plots import plot_run
     from rlsd.tasks import make_rows
-    from rlsd.teacher import DEFAULT_TEACHER_TEMPLATE
     from rlsd.trainer import RLSDTrainer
 
-    script, config, model_config = parse_train_args(argv)
-    task = None
-    if script.dataset_path is None:
-        task = resolve_task(script.task, script.task_config)
-        task_flags = _task_flags(task, argv)
-        if task_flags:  # parsed again, so that every value derived from them follows
-            script, config, model_config = parse_train_args([*argv, *task_flags])
+    script, config, model_config, task = _parse_train(argv)
     out = Path(str(config.output_dir))  # always set by parse_train_args
     model_path = resolve_model_path(model_config.model_name_or_path, task)
     if task is not None:
@@ -367,8 +384,6 @@ def train_main(argv: list[str]) -> dict:
                 f"--privileged {script.privileged}: task {task.name} has "
                 f"{', '.join(task.privileged_kinds)}"
             )
-        if config.teacher_template == DEFAULT_TEACHER_TEMPLATE:  # the task's own format
-            config.teacher_template = task.teacher_template
         try:
             train_rows = make_rows(
                 task.problems("train", script.num_train, config.seed), script.privileged
@@ -467,71 +482,109 @@ def train_main(argv: list[str]) -> dict:
 
 
 # ------------------------------------------------------------------------------------ eval
-def eval_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rlsd eval",
-        description="Held-out accuracy, pass@k and leak_rate of a model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+@dataclass
+class EvalArguments:
+    """`rlsd eval`: held-out accuracy, pass@k and leak_rate of a model."""
+
+    model_name_or_path: str = field(
+        default="",
+        metadata={
+            "help": "Model folder or checkpoint (default: the shipped model of the task: the tiny "
+            "model, or for the sql and counting_visual tasks their own)."
+        },
     )
-    parser.add_argument(
-        "model", nargs="?", default="", help="model folder or checkpoint (default: shipped tiny)"
-    )
-    parser.add_argument(
-        "--dataset_path", default=None, help="data file (default: the built-in task's eval split)"
-    )
-    parser.add_argument("--task", default="mixed", help="built-in task, without --dataset_path")
-    parser.add_argument(
-        "--task_config", default=None, help="rg:<dataset> generator configuration (JSON object)"
-    )
-    parser.add_argument("--num_eval", type=int, default=500, help="built-in task: problems")
-    parser.add_argument("--seed", type=int, default=0, help="problems and sampling seed")
-    parser.add_argument(
-        "--num_samples", type=int, default=8, help="samples per problem (pass@k, k <= this)"
-    )
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    parser.add_argument(
-        "--max_new_tokens",
-        type=int,
+    dataset_path: str | None = field(
         default=None,
-        help="completion length (default: the task's, 40 for the text tasks; 40 for a dataset)",
+        metadata={"help": "Data file or folder (default: the built-in task's held-out split)."},
     )
-    parser.add_argument(
-        "--reward_funcs", nargs="+", default=["exact"], help="verifier (the first is scored)"
+    task: str = field(
+        default="mixed", metadata={"help": "Built-in task, when no --dataset_path is given."}
     )
-    parser.add_argument("--output", default=None, help="write the metrics as JSON here")
-    return parser
+    task_config: str | None = field(
+        default=None,
+        metadata={"help": "The rg:<dataset> generator's configuration (a JSON object)."},
+    )
+    privileged: str | None = field(
+        default=None,
+        metadata={
+            "help": "Built-in task: the privileged kind that eval/leak_rate looks for copies of "
+            "(default: the task's first kind)."
+        },
+    )
+    num_eval: int = field(default=500, metadata={"help": "Built-in task: held-out problems."})
+    num_generations: int = field(
+        default=8, metadata={"help": "Samples per problem (pass@k for every k up to it)."}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    max_completion_length: int | None = field(
+        default=None,
+        metadata={"help": "Tokens per completion (default: the task's; 40 for a dataset)."},
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["exact"],
+        metadata={"help": "Verifier (the first one is scored; a `verifier` column routes)."},
+    )
+    seed: int = field(default=0, metadata={"help": "Problems and sampling seed."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Folder where eval.json (the metrics) is written."}
+    )
+    output: str | None = field(
+        default=None,
+        metadata={
+            "help": "Deprecated (removed in the next release): a JSON file for the metrics; use "
+            "--output_dir."
+        },
+    )
+
+
+EVAL_RENAMED = {"num_samples": "num_generations", "max_new_tokens": "max_completion_length"}
 
 
 def eval_main(argv: list[str]) -> dict:
-    args = eval_parser().parse_args(argv)
+    from rlsd.arguments import deprecated, parse_command
+
+    (args,) = parse_command(
+        [EvalArguments],
+        argv,
+        "rlsd eval",
+        "Held-out accuracy, pass@k and leak_rate of a model.",
+        renamed=EVAL_RENAMED,
+        positional="model_name_or_path",
+    )
+    if args.output:
+        deprecated("rlsd eval", "--output FILE", "--output_dir DIR (writes DIR/eval.json)")
 
     from rlsd.data import read_rows
     from rlsd.evaluation import evaluate
     from rlsd.models import resolve_model_path
     from rlsd.tasks import make_rows
 
-    path = resolve_model_path(args.model)
-    max_new_tokens = args.max_new_tokens or 40
+    path = resolve_model_path(args.model_name_or_path)
+    max_new_tokens = args.max_completion_length or 40
     if args.dataset_path:
         rows = read_rows(args.dataset_path)
     else:
         task = resolve_task(args.task, args.task_config)
+        kind = args.privileged or task.privileged_kinds[0]
+        if kind not in task.privileged_kinds:
+            raise UserError(
+                f"--privileged {kind}: task {task.name} has {', '.join(task.privileged_kinds)}"
+            )
         try:
-            problems = task.problems("eval", args.num_eval, args.seed)
-            rows = make_rows(problems, task.privileged_kinds[0])
+            rows = make_rows(task.problems("eval", args.num_eval, args.seed), kind)
         except ValueError as e:  # more problems than the task's configuration holds
             raise UserError(str(e)) from e
-        max_new_tokens = args.max_new_tokens or task.max_completion_length
-        path = resolve_model_path(args.model, task)
+        max_new_tokens = args.max_completion_length or task.max_completion_length
+        path = resolve_model_path(args.model_name_or_path, task)
     reward_fn = _reward_funcs(rows, args.reward_funcs[:1])[0]
     tokenizer, model = _load_model(path)
-    ks = tuple(k for k in (1, 2, 4, 8, 16, 32) if k <= args.num_samples)
+    ks = tuple(k for k in (1, 2, 4, 8, 16, 32) if k <= args.num_generations)
     metrics = evaluate(
         model,
         tokenizer,
         rows,
         reward_fn,
-        num_samples=args.num_samples,
+        num_samples=args.num_generations,
         temperature=args.temperature,
         max_new_tokens=max_new_tokens,
         ks=ks,
@@ -539,30 +592,27 @@ def eval_main(argv: list[str]) -> dict:
     )
     metrics["model"] = path
     print(json.dumps(metrics, indent=2))
-    if args.output:
-        Path(args.output).write_text(json.dumps(metrics, indent=2) + "\n")
+    written = [Path(args.output)] if args.output else []
+    if args.output_dir:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        written.append(Path(args.output_dir) / "eval.json")
+    for file in written:
+        file.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
 # ------------------------------------------------------------------------------------- sft
-def sft_parser() -> argparse.ArgumentParser:
-    from rlsd.models.sft import SFTArgs
-
-    parser = argparse.ArgumentParser(
-        prog="rlsd sft",
-        description="Warm-start the tiny model on a built-in task (rebuilds the shipped "
-        "checkpoint; see rlsd.models.sft for what each field does).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    for name, value in asdict(SFTArgs()).items():
-        parser.add_argument(f"--{name}", type=type(value), default=value, help="SFTArgs field")
-    return parser
-
-
 def sft_main(argv: list[str]) -> dict:
+    from rlsd.arguments import parse_command
     from rlsd.models.sft import SFTArgs, run_sft
 
-    args = SFTArgs(**vars(sft_parser().parse_args(argv)))
+    (args,) = parse_command(
+        [SFTArgs],
+        argv,
+        "rlsd sft",
+        "Warm-start the tiny model on a built-in task (rebuilds the shipped checkpoint; see "
+        "rlsd.models.sft for the recipe).",
+    )
     summary = run_sft(args)
     print(
         f"saved {args.output_dir}: {summary['steps']} steps, "
@@ -573,7 +623,7 @@ def sft_main(argv: list[str]) -> dict:
 
 # ------------------------------------------------------------------------ compare, credit
 def compare_main(argv: list[str]) -> dict:
-    from rlsd.compare import main as compare  # its parser: rlsd.compare.build_parser
+    from rlsd.compare import main as compare  # its fields: rlsd.compare.CompareArguments
 
     return compare(argv)
 

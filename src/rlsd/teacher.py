@@ -65,6 +65,8 @@ def is_teacher_parameter(name: str) -> bool:
 def policy_parameter_name(name: str) -> str:
     """The policy's (`default` adapter's) parameter that a teacher-adapter parameter mirrors."""
     return _ADAPTER_SEGMENT.sub("default", name)
+
+
 DEFAULT_TRUNCATION_MARKER = " [...]"
 
 

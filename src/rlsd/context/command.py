@@ -8,9 +8,9 @@ chunk ids, BM25 scores and token counts). The console gets a summary, never priv
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,71 +25,83 @@ from rlsd.context.documents import DEFAULT_MAX_CHARS
 from rlsd.data import UserError
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rlsd context",
-        description="Privileged context for the self-teacher from internal documents and a "
-        "SQLite database (`rlsd context build --help`).",
+@dataclass
+class ContextBuildArguments:
+    """`rlsd context build`: the rows, the sources of their context, and its budget (the
+    fields and names of `rlsd train`'s `--context_*` options)."""
+
+    dataset_path: str = field(
+        default="", metadata={"help": "The rows (any format rlsd train reads). Required."}
     )
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    build = actions.add_parser(
-        "build",
-        help="build each row's privileged context into a .ctx.jsonl file",
-        description="For each row of --dataset: its own reference (privileged_context, answer, "
-        "gold SQL; never cut), the schema and example rows of the tables it touches (--db), and "
-        "the --top_k document chunks BM25 ranks highest for its question (--docs), under "
-        "--budget tokens of the model's tokenizer (lowest-ranked pieces dropped first). Writes "
-        "the rows with the new privileged_context and a context_provenance column.",
+    context_docs: str | None = field(
+        default=None,
+        metadata={"help": "Folder of .md, .txt, .html, .pdf and .jsonl documents (BM25-ranked)."},
     )
-    build.add_argument(
-        "--docs", metavar="DIR", help="folder of .md, .txt, .html, .pdf and .jsonl documents"
+    context_db: str | None = field(
+        default=None, metadata={"help": "SQLite database file (opened read-only)."}
     )
-    build.add_argument("--db", metavar="FILE", help="SQLite database file (opened read-only)")
-    build.add_argument(
-        "--dataset", metavar="F", required=True, help="the rows (any format rlsd train reads)"
+    output_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of the output, <dataset name>.ctx.jsonl (default: the dataset's own "
+            "folder)."
+        },
     )
-    build.add_argument(
-        "--out", metavar="F", help="output JSONL (default: the dataset's name + .ctx.jsonl)"
+    out: str | None = field(
+        default=None,
+        metadata={
+            "help": "Deprecated (removed in the next release): the output file; use --output_dir."
+        },
     )
-    build.add_argument(
-        "--budget",
-        metavar="N",
-        type=int,
+    context_budget: int = field(
         default=DEFAULT_BUDGET,
-        help="tokens of each row's context; 0: no budget (default: %(default)s)",
+        metadata={"help": "Tokens of each row's context, the model's tokenizer; 0: no budget."},
     )
-    build.add_argument(
-        "--top_k",
-        metavar="K",
-        type=int,
-        default=DEFAULT_TOP_K,
-        help="document chunks retrieved per row (default: %(default)s)",
+    context_top_k: int = field(
+        default=DEFAULT_TOP_K, metadata={"help": "Document chunks retrieved per row."}
     )
-    build.add_argument(
-        "--example_rows",
-        metavar="N",
-        type=int,
+    context_example_rows: int = field(
         default=DEFAULT_EXAMPLE_ROWS,
-        help="example rows shown per touched table (default: %(default)s)",
+        metadata={"help": "Example rows shown per table a row touches (0: none)."},
     )
-    build.add_argument(
-        "--chunk_chars",
-        metavar="N",
-        type=int,
-        default=DEFAULT_MAX_CHARS,
-        help="most characters per document chunk (default: %(default)s)",
+    chunk_chars: int = field(
+        default=DEFAULT_MAX_CHARS, metadata={"help": "Most characters per document chunk."}
     )
-    build.add_argument(
-        "--strict",
-        action="store_true",
-        help="stop at the first unreadable document (default: skip it, name it and go on)",
+    context_strict: bool = field(
+        default=False,
+        metadata={
+            "help": "Stop at the first unreadable document (default: skip it, name it and go on; "
+            "the list is written beside the output)."
+        },
     )
-    build.add_argument(
-        "--model",
+    model_name_or_path: str = field(
         default="",
-        help="model folder whose tokenizer counts the budget (default: the shipped tiny model)",
+        metadata={
+            "help": "Model folder whose tokenizer counts the budget (default: the shipped tiny "
+            "model)."
+        },
     )
-    return parser
+
+
+# the spellings of the previous release (one deprecation line each)
+RENAMED = {
+    "dataset": "dataset_path",
+    "docs": "context_docs",
+    "db": "context_db",
+    "budget": "context_budget",
+    "top_k": "context_top_k",
+    "example_rows": "context_example_rows",
+    "strict": "context_strict",
+    "model": "model_name_or_path",
+}
+ACTIONS = {"build": "build each row's privileged context into a .ctx.jsonl file"}
+BUILD_DESCRIPTION = (
+    "For each row of --dataset_path: its own reference (privileged_context, answer, gold SQL; "
+    "never cut), the schema and example rows of the tables it touches (--context_db), and the "
+    "--context_top_k document chunks BM25 ranks highest for its question (--context_docs), "
+    "under --context_budget tokens of the model's tokenizer (lowest-ranked pieces dropped "
+    "first). Writes the rows with the new privileged_context and a context_provenance column."
+)
 
 
 def load_tokenizer(path: str) -> Any:
@@ -134,27 +146,33 @@ def report_skipped(documents, path: Path) -> None:
         path.write_text("".join(f"{name}\t{reason}\n" for name, reason in documents.skipped))
 
 
-def build_main(args: argparse.Namespace) -> dict[str, Any]:
+def build_main(args: ContextBuildArguments) -> dict[str, Any]:
     from rlsd.data import read_rows
 
-    if not args.docs and not args.db:
-        raise UserError("give --docs DIR, --db FILE or both")
-    dataset = Path(args.dataset)
-    out = Path(args.out) if args.out else dataset.with_name(dataset.stem + ".ctx.jsonl")
+    if not args.dataset_path:
+        raise UserError("give --dataset_path F, the rows to build the context of")
+    if not args.context_docs and not args.context_db:
+        raise UserError("give --context_docs DIR, --context_db FILE or both")
+    dataset = Path(args.dataset_path)
+    name = dataset.stem + ".ctx.jsonl"
+    if args.out:
+        out = Path(args.out)
+    else:
+        out = Path(args.output_dir) / name if args.output_dir else dataset.with_name(name)
     if out.exists() and dataset.exists() and out.resolve() == dataset.resolve():
-        raise UserError(f"--out {out} is the dataset itself; rlsd never rewrites your data")
+        raise UserError(f"the output {out} is the dataset itself; rlsd never rewrites your data")
     rows = read_rows(dataset)
-    tokenizer = load_tokenizer(args.model)
+    tokenizer = load_tokenizer(args.model_name_or_path)
     start = time.perf_counter()
     with ContextBuilder(
-        args.docs,
-        args.db,
+        args.context_docs,
+        args.context_db,
         tokenizer=tokenizer,
-        budget=args.budget or None,
-        top_k=args.top_k,
-        example_rows=args.example_rows,
+        budget=args.context_budget or None,
+        top_k=args.context_top_k,
+        example_rows=args.context_example_rows,
         chunk_chars=args.chunk_chars,
-        strict=args.strict,
+        strict=args.context_strict,
     ) as builder:
         report_skipped(builder.documents, out.with_name(out.name + ".skipped.txt"))
         built = builder.build_rows(rows, source=str(dataset))
@@ -167,20 +185,41 @@ def build_main(args: argparse.Namespace) -> dict[str, Any]:
             f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
     summary = summarize(built)
     summary.update(out=str(out), seconds=round(time.perf_counter() - start, 2))
-    sources = [f"{documents} documents ({chunks} chunks)"] if args.docs else []
-    sources += [f"{args.db} ({tables} tables)"] if args.db else []
+    sources = [f"{documents} documents ({chunks} chunks)"] if args.context_docs else []
+    sources += [f"{args.context_db} ({tables} tables)"] if args.context_db else []
+    budget = args.context_budget or "none"
+    no_document = f"; {summary['rows_without_documents']} rows got no document chunk"
     print(
         f"{summary['rows_built']} of {len(built)} rows built from {' and '.join(sources)}: "
         f"{summary['tokens_mean']} context tokens per row on average, {summary['tokens_max']} "
-        f"at most (budget {args.budget or 'none'}); {summary['rows_with_drops']} rows dropped "
+        f"at most (budget {budget}); {summary['rows_with_drops']} rows dropped "
         f"{summary['pieces_dropped']} pieces to fit"
-        + (f"; {summary['rows_without_documents']} rows got no document chunk" if args.docs else "")
+        + (no_document if args.context_docs else "")
         + f"; wrote {out} ({summary['seconds']} s)"
     )
     return summary
 
 
 def main(argv: list[str]) -> dict[str, Any]:
-    """`rlsd context ACTION ...`."""
-    args = build_parser().parse_args(argv)
-    return build_main(args)  # the one action so far
+    """`rlsd context ACTION [CONFIG.yaml] [--field value ...]` (ACTION: build)."""
+    from rlsd.arguments import deprecated, parse_command
+
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        actions = "\n".join(f"  {name:8} {summary}" for name, summary in ACTIONS.items())
+        print(f"usage: rlsd context ACTION [--field value ...]\n\nactions:\n{actions}")
+        if not argv:
+            raise UserError(f"give an action: {', '.join(ACTIONS)}")
+        return {}
+    if argv[0] not in ACTIONS:
+        raise UserError(f"unknown action {argv[0]!r}: choose one of {', '.join(ACTIONS)}")
+    (args,) = parse_command(
+        [ContextBuildArguments],
+        argv[1:],
+        "rlsd context build",
+        BUILD_DESCRIPTION,
+        renamed=RENAMED,
+    )
+    if args.out:
+        deprecated("rlsd context build", "--out FILE", "--output_dir DIR")
+    return build_main(args)

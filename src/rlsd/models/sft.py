@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,26 +43,69 @@ from rlsd.verifiers import reward_funcs_for
 
 @dataclass
 class SFTArgs:
-    output_dir: str = "tiny-sft"
-    task: str = "mixed"
-    num_train: int = 50_000
-    num_eval: int = 500
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    max_steps: int = 5000
-    eval_every: int = 250
-    target_accuracy: float = 0.3
-    teacher_target: float = 0.85
-    teacher_fraction: float = 0.7
-    seed: int = 0
-    max_positions: int = 256  # the sql task's self-teacher needs about 400: use 512
-    # distinct training problems SFT sees (0: all `num_train`). The sql task's pool is small
-    # (127): SFT on part of it leaves problems the model has not memorised for the RL stage.
-    num_problems: int = 0
-    # of the self-teacher-format examples, the share asked under other rules than the task's
-    # (`Task.counterfactual`, where the task has them: sql), whose solution only the
-    # reference tells: the self-teacher learns to read it instead of recalling the answer
-    counterfactual_fraction: float = 1.0
+    """`rlsd sft`'s fields: what to warm-start on and when to stop (see the module docstring)."""
+
+    output_dir: str = field(
+        default="tiny-sft", metadata={"help": "Folder where the warm-started model is saved."}
+    )
+    task: str = field(default="mixed", metadata={"help": "Built-in task to warm-start on."})
+    num_train: int = field(default=50_000, metadata={"help": "Training problems generated."})
+    num_eval: int = field(
+        default=500, metadata={"help": "Held-out problems of the stopping evaluation."}
+    )
+    batch_size: int = field(default=64, metadata={"help": "Examples per optimiser step."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "AdamW learning rate."})
+    max_steps: int = field(
+        default=5000, metadata={"help": "Stop here if the targets are not reached before."}
+    )
+    eval_every: int = field(
+        default=250, metadata={"help": "Evaluate the stopping rule every N steps."}
+    )
+    target_accuracy: float = field(
+        default=0.3,
+        metadata={
+            "help": "Stop once the student's sampled held-out accuracy reaches this (and the "
+            "teacher's reaches teacher_target): right sometimes, so that GRPO groups disagree."
+        },
+    )
+    teacher_target: float = field(
+        default=0.85,
+        metadata={
+            "help": "The self-teacher's sampled accuracy (shown the reference) that stopping "
+            "also requires: the teacher must read its reference."
+        },
+    )
+    teacher_fraction: float = field(
+        default=0.7,
+        metadata={
+            "help": "Share of the examples in the self-teacher's format (prompt plus reference, "
+            "then the solution)."
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "Problems, initialisation and order seed."})
+    max_positions: int = field(
+        default=256,
+        metadata={
+            "help": "Positions of the model built (the sql task's self-teacher needs about "
+            "400: use 512)."
+        },
+    )
+    num_problems: int = field(
+        default=0,
+        metadata={
+            "help": "Distinct training problems SFT sees (0: all num_train). The sql task's "
+            "pool is small (127): SFT on part of it leaves problems the model has not memorised "
+            "for the RL stage."
+        },
+    )
+    counterfactual_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "Of the self-teacher-format examples, the share asked under other rules than "
+            "the task's (Task.counterfactual, where the task has them: sql), whose solution only "
+            "the reference tells: the self-teacher learns to read it instead of recalling."
+        },
+    )
 
 
 def _optimizer_step(model, optimizer, loss) -> None:

@@ -1,6 +1,7 @@
 """The report of `rlsd compare`: a results table and curves over several algorithms and seeds.
 
-Everything here is a pure function of loaded metrics, so the table can be recomputed from
+Everything here but `write_report` (which writes the report folder) is a pure function of
+loaded metrics, so the table can be recomputed from
 `runs.jsonl` and unit-tested on hand-made numbers. The shape used throughout is
 
     runs: {variant: {seed: [record, ...]}}
@@ -400,3 +401,53 @@ def plot_weights(runs: Runs, out: str | Path, title: str = "") -> Path | None:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def write_report(
+    output: Path, runs: Runs, baseline: str, command: str, settings: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """A compare's report folder from its loaded runs (`{variant: {seed: records}}`):
+    `runs.jsonl`, `results.md`, `curves.png`, `weights.png`, `command.txt` and `compare.json`
+    (`settings`, whose `variant_flags` maps each variant to the flags that make it)."""
+    loaded = {k: v for k, v in runs.items() if v}
+    write_runs_jsonl(loaded, output / "runs.jsonl")
+    rows = summarize(loaded, baseline)
+    (output / "command.txt").write_text(command + "\n")
+    (output / "compare.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
+    if loaded:
+        plot_compare(
+            loaded,
+            output / "curves.png",
+            title=f"rlsd compare: {settings['task']}, mean over seeds, band = ± 1 std",
+        )
+        plot_weights(
+            loaded,
+            output / "weights.png",
+            title=f"rlsd compare: {settings['task']}, the teacher's token weights, mean over seeds",
+        )
+    lines = [
+        "# rlsd compare",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Task `{settings['task']}`, {settings['max_steps']} steps, "
+        f"seeds 0..{settings['seeds'] - 1}, "
+        f"{settings['num_eval']} held-out problems (sampled accuracy, temperature 1) every "
+        f"{settings['eval_every']} steps. Variants (their only difference):",
+        "",
+        *[f"- `{name}`: `{flags}`" for name, flags in settings["variant_flags"].items()],
+        "",
+        format_table(rows, baseline),
+        f"Final accuracy: each seed's last evaluation, mean ± sample std over seeds. Best: the "
+        f"maximum of the seed-mean curve (its step). Steps to {baseline} final: the first "
+        f"evaluation step where the seed-mean accuracy reaches {baseline}'s final seed-mean "
+        f"accuracy (resolution: {settings['eval_every']} steps); × {baseline}: that step "
+        f"divided by {baseline}'s own. s/step: mean `step_time` of the training steps "
+        "(evaluation excluded). Paired Δ: each seed's final accuracy minus "
+        f"{baseline}'s with the same seed, mean ± standard error; verdict `beats` / `below` "
+        "only beyond 2 standard errors, else `within noise`. Raw per-seed metrics: "
+        "`runs.jsonl`; curves: `curves.png`; the teacher's weights: `weights.png`.",
+        "",
+    ]
+    (output / "results.md").write_text("\n".join(lines))
+    return rows

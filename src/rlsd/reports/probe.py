@@ -337,24 +337,16 @@ def run(args: ProbeArguments) -> dict[str, Any]:
 
 def main(argv: list[str]) -> dict[str, Any]:
     """`rlsd probe [CONFIG.yaml] [--field value ...]` (the fields of `ProbeArguments`)."""
-    from trl import TrlParser
-
+    from rlsd.arguments import parse_command
     from rlsd.data import UserError
 
-    argv = list(argv)
-    if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):
-        argv = ["--config", argv[0], *argv[1:]]
-    fields: list[Any] = [ProbeArguments]
-    parser = TrlParser(
-        fields,
-        prog="rlsd probe",
-        description="Does the self-teacher read its privileged context? Scores sampled "
-        "responses under the true and a shuffled context (see rlsd.reports.probe).",
+    (args,) = parse_command(
+        [ProbeArguments],
+        argv,
+        "rlsd probe",
+        "Does the self-teacher read its privileged context? Scores sampled responses under "
+        "the true and a shuffled context (see rlsd.reports.probe).",
     )
-    try:
-        (args,) = parser.parse_args_and_config(argv)
-    except FileNotFoundError as e:
-        raise UserError(f"{e.filename}: no such file") from e
     if args.num_problems < 2 or args.num_generations < 1:
         raise UserError("--num_problems must be at least 2 and --num_generations at least 1")
     return run(args)

@@ -48,8 +48,7 @@ def get_task(name: str, config: dict[str, Any] | None = None) -> Task:
         return ReasoningGymTask(name[3:], config)
     if name not in TASKS:
         raise ValueError(
-            f"unknown task {name!r}; choose one of {', '.join(task_names())} "
-            "(e.g. rg:chain_sum)"
+            f"unknown task {name!r}; choose one of {', '.join(task_names())} (e.g. rg:chain_sum)"
         )
     if config:
         raise ValueError(f"task {name!r} takes no task_config (only rg:<dataset> tasks do)")

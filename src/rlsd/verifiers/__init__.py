@@ -17,6 +17,7 @@ from rlsd.verifiers.registry import (
     get_verifier,
     register_verifier,
     reward_funcs_for,
+    verifier_names,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "get_verifier",
     "register_verifier",
     "reward_funcs_for",
+    "verifier_names",
 ]

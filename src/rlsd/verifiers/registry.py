@@ -52,6 +52,12 @@ def register_verifier(name: str, factory: Factory) -> None:
     _REGISTERED[name] = factory
 
 
+def verifier_names() -> list[str]:
+    """What `--reward_funcs` accepts by name: the built-in verifiers and the registered ones
+    (besides any `module:function` import path)."""
+    return [*VERIFIERS, *(name for name in _REGISTERED if name not in VERIFIERS)]
+
+
 def _load(path: str) -> Any:
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:

@@ -26,18 +26,18 @@ One module per concern:
 | `images`  | a problem's images as PNG data URIs (page) and pixels (picture)       |
 | `page`    | the HTML page (`render_html`); its stylesheet is in `style`          |
 | `picture` | the PNG (`render_png`)                                                |
-| `command` | the `rlsd credit` command (`main`, `add_arguments`, `run`, `load_model`) |
+| `command` | the `rlsd credit` command (`main`, `CreditArguments`, `run`, `load_model`) |
 """
 
 from rlsd.reports.credit.colors import NEUTRAL_COLOR, credit_color, log_ratio_color
-from rlsd.reports.credit.command import add_arguments, main, run
+from rlsd.reports.credit.command import CreditArguments, main, run
 from rlsd.reports.credit.compute import compute_credit, is_mixed, summarize
 from rlsd.reports.credit.page import render_html
 from rlsd.reports.credit.picture import render_png
 
 __all__ = [
     "NEUTRAL_COLOR",
-    "add_arguments",
+    "CreditArguments",
     "compute_credit",
     "credit_color",
     "is_mixed",

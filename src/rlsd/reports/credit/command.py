@@ -1,16 +1,16 @@
 """The `rlsd credit` command: load a model and a few problems, compute the credit, write
 `DIR/credit.html`, `DIR/credit.png` and `DIR/credit.json`.
 
-`add_arguments` declares the options on any parser (so `rlsd.cli` can make it a
-subcommand), `run` does the work for parsed arguments, and `main(argv)` is both. A model
+`CreditArguments` holds the options (parsed as every `rlsd` command is, `rlsd.arguments`),
+`run` does the work for them, and `main(argv)` is both. A model
 whose config has a `vision_config` is loaded as a vision-language model with its processor
 (`load_model`); a task with images (`counting_visual`) defaults to the shipped tiny VLM.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,62 +19,86 @@ from rlsd.teacher import DEFAULT_TEACHER_TEMPLATE
 DESCRIPTION = "Per-token RLSD credit of sampled responses: an HTML page, a PNG and JSON."
 
 
-def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Declare `rlsd credit`'s options on `p`; returns `p`."""
-    p.add_argument(
-        "model",
-        nargs="?",
+@dataclass
+class CreditArguments:
+    """`rlsd credit`: which model, problems and RLSD settings the credit page shows."""
+
+    model_name_or_path: str = field(
         default="",
-        help="model folder (default: the shipped tiny model; for a task with images, the "
-        "shipped tiny vision-language model)",
+        metadata={
+            "help": "Model folder (default: the task's shipped model: the tiny model, for a task "
+            "with images the shipped tiny vision-language model)."
+        },
     )
-    p.add_argument("--output", default="credit", help="output folder (default: ./credit)")
-    p.add_argument("--task", default="arithmetic", help="built-in task (eval split) if no data")
-    p.add_argument(
-        "--task_config", default=None, help="rg:<dataset> generator configuration (JSON object)"
+    output_dir: str = field(
+        default="credit", metadata={"help": "Folder of credit.html, credit.png and credit.json."}
     )
-    p.add_argument("--dataset_path", default=None, help="rows in rlsd's format (rlsd.data)")
-    p.add_argument("--num_problems", type=int, default=6, help="problems to show")
-    p.add_argument(
-        "--privileged",
+    task: str = field(
+        default="mixed",
+        metadata={"help": "Built-in task (its held-out split), when no --dataset_path is given."},
+    )
+    task_config: str | None = field(
         default=None,
-        help="built-in task: its privileged kind, e.g. the worked solution or the final answer "
-        "(default: solution, or the task's own default, answer for rg: tasks without solutions)",
+        metadata={"help": "The rg:<dataset> generator's configuration (a JSON object)."},
     )
-    p.add_argument("--group_size", type=int, default=8, help="G, responses per prompt")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument(
-        "--max_new_tokens",
-        type=int,
+    dataset_path: str | None = field(
+        default=None, metadata={"help": "Rows in rlsd's format (rlsd.data), instead of a task."}
+    )
+    num_problems: int = field(default=6, metadata={"help": "Problems shown."})
+    privileged: str | None = field(
         default=None,
-        help="default: the task's max_completion_length, else 40",
+        metadata={
+            "help": "Built-in task: the privileged kind the self-teacher is shown (default: "
+            "solution, or the task's own default: answer for rg: tasks without solutions)."
+        },
     )
-    p.add_argument("--lam", type=float, default=0.5, help="lambda (0.5: its peak, spec 2.4)")
-    p.add_argument("--eps_w", type=float, default=0.2, help="clip half-width of w (spec 2.4)")
-    p.add_argument("--negative_only", action="store_true", help="reweight only A < 0")
-    p.add_argument(
-        "--teacher_template",
+    num_generations: int = field(
+        default=8, metadata={"help": "G, responses sampled per prompt (one group)."}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    max_completion_length: int | None = field(
         default=None,
-        help="default: the task's template for built-in tasks, else the spec's",
+        metadata={"help": "Tokens per response (default: the task's; 40 for a dataset)."},
     )
-    p.add_argument("--teacher_instruction", default="")
-    p.add_argument(
-        "--reward_funcs",
-        nargs="+",
-        default=["exact"],
-        help="verifier (the first is used; a `verifier` column routes per row)",
+    rlsd_lambda: float = field(
+        default=0.5,
+        metadata={"help": "lambda, the teacher's weight (0.5: its peak in training, spec 2.4)."},
     )
-    p.add_argument(
-        "--success_threshold",
-        type=float,
-        default=1.0,
-        help="reward at which a response counts as correct",
+    rlsd_eps_w: float = field(
+        default=0.2, metadata={"help": "Clip half-width of the token weight w (spec 2.4)."}
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--png_samples", type=int, default=2, help="correct and incorrect responses each in the PNG"
+    rlsd_negative_only: bool = field(
+        default=False, metadata={"help": "Reweight only responses with A < 0, as in training."}
     )
-    return p
+    teacher_template: str | None = field(
+        default=None,
+        metadata={"help": "Self-teacher template (default: the task's, for data the spec's)."},
+    )
+    teacher_instruction: str = field(
+        default="", metadata={"help": "Text added to the self-teacher's prompt, as in training."}
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["exact"],
+        metadata={"help": "Verifier (the first one is used; a `verifier` column routes per row)."},
+    )
+    success_threshold: float = field(
+        default=1.0, metadata={"help": "Reward at which a response counts as correct."}
+    )
+    seed: int = field(default=0, metadata={"help": "Problems and sampling seed."})
+    png_samples: int = field(
+        default=2, metadata={"help": "Correct and incorrect responses each in the PNG."}
+    )
+
+
+# the spellings of the previous release (one deprecation line each)
+RENAMED = {
+    "output": "output_dir",
+    "group_size": "num_generations",
+    "lam": "rlsd_lambda",
+    "eps_w": "rlsd_eps_w",
+    "negative_only": "rlsd_negative_only",
+    "max_new_tokens": "max_completion_length",
+}
 
 
 def load_model(path: str) -> tuple[Any, Any]:
@@ -118,8 +142,8 @@ def load_model(path: str) -> tuple[Any, Any]:
         ) from error
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Write `args.output`/credit.{html,png,json}, print their paths; returns the paths and
+def run(args: CreditArguments) -> dict[str, Any]:
+    """Write `args.output_dir`/credit.{html,png,json}, print their paths; returns the paths and
     the summary."""
     from rlsd.cli import resolve_task
     from rlsd.data import UserError, read_rows
@@ -131,22 +155,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from rlsd.teacher import example_images
     from rlsd.verifiers import reward_funcs_for
 
-    model_path = resolve_model_path(args.model)
+    model_path = resolve_model_path(args.model_name_or_path)
     if args.dataset_path:
         rows = read_rows(args.dataset_path)[: args.num_problems]
         template = args.teacher_template or DEFAULT_TEACHER_TEMPLATE
-        max_new_tokens = args.max_new_tokens or 40
+        max_new_tokens = args.max_completion_length or 40
         source = str(args.dataset_path)
     else:
         task = resolve_task(args.task, args.task_config)
-        model_path = resolve_model_path(args.model, task)
+        model_path = resolve_model_path(args.model_name_or_path, task)
         problems = task.problems("eval", args.num_problems, args.seed)
         kind = args.privileged or task.train_defaults.get("privileged", "solution")
         if kind not in task.privileged_kinds:
             raise UserError(f"--privileged {kind}: task {task.name} has {task.privileged_kinds}")
         rows = make_rows(problems, kind)
         template = args.teacher_template or task.teacher_template
-        max_new_tokens = args.max_new_tokens or task.max_completion_length
+        max_new_tokens = args.max_completion_length or task.max_completion_length
         source = f"{args.task} (eval split)"
     reward_fn = reward_funcs_for(rows, args.reward_funcs[:1])[0]
 
@@ -162,38 +186,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tokenizer,
         rows,
         reward_fn,
-        group_size=args.group_size,
-        lam=args.lam,
-        eps_w=args.eps_w,
+        group_size=args.num_generations,
+        lam=args.rlsd_lambda,
+        eps_w=args.rlsd_eps_w,
         temperature=args.temperature,
         teacher_template=template,
         max_new_tokens=max_new_tokens,
         seed=args.seed,
         teacher_instruction=args.teacher_instruction,
-        negative_only=args.negative_only,
+        negative_only=args.rlsd_negative_only,
         success_threshold=args.success_threshold,
     )
     meta: dict[str, Any] = {
         "model": model_path,
         "task": source,
-        "lam": args.lam,
-        "eps_w": args.eps_w,
-        "negative_only": args.negative_only,
-        "group_size": args.group_size,
+        "lam": args.rlsd_lambda,
+        "eps_w": args.rlsd_eps_w,
+        "negative_only": args.rlsd_negative_only,
+        "group_size": args.num_generations,
         "temperature": args.temperature,
         "seed": args.seed,
         "teacher_template": template,
         "max_new_tokens": max_new_tokens,
     }
-    meta["summary"] = summarize(records, args.lam, args.eps_w, args.negative_only)
+    meta["summary"] = summarize(records, args.rlsd_lambda, args.rlsd_eps_w, args.rlsd_negative_only)
 
-    out = Path(args.output)
+    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"html": out / "credit.html", "png": out / "credit.png", "json": out / "credit.json"}
     # The images go into the page and the picture only, never into the JSON or the console.
     shown = images if any(images) else None
     paths["html"].write_text(render_html(records, meta, shown), encoding="utf-8")
-    render_png(records, paths["png"], args.lam, args.eps_w, per_kind=args.png_samples, images=shown)
+    render_png(
+        records,
+        paths["png"],
+        args.rlsd_lambda,
+        args.rlsd_eps_w,
+        per_kind=args.png_samples,
+        images=shown,
+    )
     paths["json"].write_text(
         json.dumps({"meta": meta, "records": records}, indent=1) + "\n", encoding="utf-8"
     )
@@ -203,6 +234,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> dict[str, Any]:
-    """`rlsd credit [MODEL] --output DIR ...`: writes DIR/credit.{html,png,json}."""
-    parser = argparse.ArgumentParser(prog="rlsd credit", description=DESCRIPTION)
-    return run(add_arguments(parser).parse_args(argv))
+    """`rlsd credit [CONFIG.yaml] [--field value ...]`: writes OUTPUT_DIR/credit.{html,png,json}."""
+    from rlsd.arguments import parse_command
+
+    (args,) = parse_command(
+        [CreditArguments],
+        argv,
+        "rlsd credit",
+        DESCRIPTION,
+        renamed=RENAMED,
+        positional="model_name_or_path",
+    )
+    return run(args)
