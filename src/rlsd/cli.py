@@ -44,10 +44,9 @@ class ScriptArguments:
     task: str = field(
         default="mixed",
         metadata={
-            "help": "Built-in task when no dataset is given: mixed (default: arithmetic, counting "
-            "and paths problems), arithmetic, counting, paths, sql, counting_visual, or "
-            "rg:<dataset>, a reasoning-gym generator (e.g. rg:chain_sum; its scorer is the "
-            "verifier)."
+            "help": "Built-in task when no dataset is given: mixed (arithmetic, counting and "
+            "paths problems) by default; rg:<dataset> is a reasoning-gym generator (e.g. "
+            "rg:chain_sum; its scorer is the verifier)."
         },
     )
     task_config: str | None = field(
@@ -71,8 +70,8 @@ class ScriptArguments:
         default="solution",
         metadata={
             "help": "Built-in task privileged context: 'solution' (worked) or 'answer' (final "
-            "only); the sql task adds 'sql' and 'rules'. An rg: task without worked solutions "
-            "defaults to 'answer'."
+            "only); each task has its own kinds (the sql task adds 'sql' and 'rules'). An rg: "
+            "task without worked solutions defaults to 'answer'."
         },
     )
     reward_funcs: list[str] = field(
@@ -540,10 +539,10 @@ class EvalArguments:
 EVAL_RENAMED = {"num_samples": "num_generations", "max_new_tokens": "max_completion_length"}
 
 
-def eval_main(argv: list[str]) -> dict:
-    from rlsd.arguments import deprecated, parse_command
+def parse_eval_args(argv: list[str]) -> tuple[EvalArguments]:
+    from rlsd.arguments import parse_command
 
-    (args,) = parse_command(
+    return parse_command(
         [EvalArguments],
         argv,
         "rlsd eval",
@@ -551,6 +550,12 @@ def eval_main(argv: list[str]) -> dict:
         renamed=EVAL_RENAMED,
         positional="model_name_or_path",
     )
+
+
+def eval_main(argv: list[str]) -> dict:
+    from rlsd.arguments import deprecated
+
+    (args,) = parse_eval_args(argv)
     if args.output:
         deprecated("rlsd eval", "--output FILE", "--output_dir DIR (writes DIR/eval.json)")
 
@@ -602,17 +607,23 @@ def eval_main(argv: list[str]) -> dict:
 
 
 # ------------------------------------------------------------------------------------- sft
-def sft_main(argv: list[str]) -> dict:
+def parse_sft_args(argv: list[str]) -> tuple[Any]:
     from rlsd.arguments import parse_command
-    from rlsd.models.sft import SFTArgs, run_sft
+    from rlsd.models.sft import SFTArgs
 
-    (args,) = parse_command(
+    return parse_command(
         [SFTArgs],
         argv,
         "rlsd sft",
         "Warm-start the tiny model on a built-in task (rebuilds the shipped checkpoint; see "
         "rlsd.models.sft for the recipe).",
     )
+
+
+def sft_main(argv: list[str]) -> dict:
+    from rlsd.models.sft import run_sft
+
+    (args,) = parse_sft_args(argv)
     summary = run_sft(args)
     print(
         f"saved {args.output_dir}: {summary['steps']} steps, "
@@ -621,49 +632,56 @@ def sft_main(argv: list[str]) -> dict:
     return summary
 
 
-# ------------------------------------------------------------------------ compare, credit
-def compare_main(argv: list[str]) -> dict:
-    from rlsd.compare import main as compare  # its fields: rlsd.compare.CompareArguments
-
-    return compare(argv)
-
-
-def context_main(argv: list[str]) -> dict:
-    from rlsd.context.command import main as context  # its parser: rlsd.context.command
-
-    return context(argv)
-
-
-def probe_main(argv: list[str]) -> dict:
-    from rlsd.reports.probe import main as probe  # its parser: rlsd.reports.probe
-
-    return probe(argv)
-
-
-def credit_main(argv: list[str]) -> dict:
-    from rlsd.reports.credit import main as credit  # its parser lives with the report
-
-    return credit(argv)
-
-
 # ------------------------------------------------------------------------------------ main
+def _lazy(module: str, name: str) -> Callable[[list[str]], Any]:
+    """`module.name`, imported when called (a command's imports are its own cost)."""
+
+    def call(argv: list[str]) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(argv)
+
+    call.__qualname__ = f"{module}.{name}"
+    return call
+
+
 @dataclass(frozen=True)
 class Command:
     summary: str  # the line in `rlsd --help`
     run: Callable[[list[str]], Any]  # parses its own arguments (`rlsd <name> --help`)
+    # its command line -> its dataclasses (`rlsd.arguments.parse_command`), without running it
+    parse: Callable[[list[str]], tuple[Any, ...]]
 
 
 COMMANDS = {
-    "train": Command("train RLSD or a baseline; YAML and/or --key value for any field", train_main),
-    "eval": Command("held-out accuracy, pass@k and leak_rate of a model", eval_main),
-    "sft": Command("rebuild the warm-started tiny model", sft_main),
-    "compare": Command("algorithms side by side over seeds, one report", compare_main),
-    "credit": Command("per-token credit page (HTML + PNG)", credit_main),
+    "train": Command(
+        "train RLSD or a baseline; YAML and/or --key value for any field",
+        train_main,
+        parse_train_args,
+    ),
+    "eval": Command(
+        "held-out accuracy, pass@k and leak_rate of a model", eval_main, parse_eval_args
+    ),
+    "sft": Command("rebuild the warm-started tiny model", sft_main, parse_sft_args),
+    "compare": Command(
+        "algorithms side by side over seeds, one report",
+        _lazy("rlsd.compare.command", "main"),
+        _lazy("rlsd.compare.command", "parse_args"),
+    ),
+    "credit": Command(
+        "per-token credit page (HTML + PNG)",
+        _lazy("rlsd.reports.credit.command", "main"),
+        _lazy("rlsd.reports.credit.command", "parse_args"),
+    ),
     "probe": Command(
-        "does the self-teacher read its privileged context? (true vs shuffled)", probe_main
+        "does the self-teacher read its privileged context? (true vs shuffled)",
+        _lazy("rlsd.reports.probe", "main"),
+        _lazy("rlsd.reports.probe", "parse_args"),
     ),
     "context": Command(
-        "privileged context from internal documents and a SQLite database", context_main
+        "privileged context from internal documents and a SQLite database",
+        _lazy("rlsd.context.command", "main"),
+        _lazy("rlsd.context.command", "parse_args"),
     ),
 }
 

@@ -86,13 +86,9 @@ class CompareArguments:
 RENAMED = {"algorithms": "variants", "output": "output_dir"}
 
 
-def main(argv: list[str]) -> dict[str, Any]:
-    argv = list(argv)
-    passthrough: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, passthrough = argv[:cut], argv[cut + 1 :]
-    (args,) = parse_command(
+def parse_args(argv: list[str]) -> tuple[CompareArguments]:
+    """`CompareArguments` from the command line before `--` (a YAML file first, then flags)."""
+    return parse_command(
         [CompareArguments],
         argv,
         "rlsd compare",
@@ -100,6 +96,15 @@ def main(argv: list[str]) -> dict[str, Any]:
         renamed=RENAMED,
         usage="rlsd compare [CONFIG.yaml] [--field value ...] [-- TRAIN FLAGS ...]",
     )
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    argv = list(argv)
+    passthrough: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1 :]
+    (args,) = parse_args(argv)
     for flag in passthrough:
         if flag.startswith("--") and flag[2:].split("=")[0] in RESERVED:
             raise UserError(

@@ -200,9 +200,9 @@ def build_main(args: ContextBuildArguments) -> dict[str, Any]:
     return summary
 
 
-def main(argv: list[str]) -> dict[str, Any]:
-    """`rlsd context ACTION [CONFIG.yaml] [--field value ...]` (ACTION: build)."""
-    from rlsd.arguments import deprecated, parse_command
+def parse_args(argv: list[str]) -> tuple[ContextBuildArguments]:
+    """`ContextBuildArguments` from `build [CONFIG.yaml] [--field value ...]`."""
+    from rlsd.arguments import parse_command
 
     argv = list(argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -210,16 +210,23 @@ def main(argv: list[str]) -> dict[str, Any]:
         print(f"usage: rlsd context ACTION [--field value ...]\n\nactions:\n{actions}")
         if not argv:
             raise UserError(f"give an action: {', '.join(ACTIONS)}")
-        return {}
+        raise SystemExit(0)
     if argv[0] not in ACTIONS:
         raise UserError(f"unknown action {argv[0]!r}: choose one of {', '.join(ACTIONS)}")
-    (args,) = parse_command(
+    return parse_command(
         [ContextBuildArguments],
         argv[1:],
         "rlsd context build",
         BUILD_DESCRIPTION,
         renamed=RENAMED,
     )
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    """`rlsd context ACTION [CONFIG.yaml] [--field value ...]` (ACTION: build)."""
+    from rlsd.arguments import deprecated
+
+    (args,) = parse_args(argv)
     if args.out:
         deprecated("rlsd context build", "--out FILE", "--output_dir DIR")
     return build_main(args)

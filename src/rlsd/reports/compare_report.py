@@ -312,13 +312,11 @@ PANELS = (
 def plot_compare(runs: Runs, out: str | Path, title: str = "") -> Path:
     """Four panels (accuracy, reward, leak rate, entropy), one line per variant, mean over
     seeds with a mean ± std band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     out = Path(out)
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    fig = Figure(figsize=(12, 8))
+    axes = fig.subplots(2, 2, sharex=True)
     for ax, (key, label) in zip(axes.flat, PANELS, strict=True):
         for i, (variant, seeds) in enumerate(runs.items()):
             steps, mean, std, _ = seed_band(seeds, key)
@@ -347,7 +345,6 @@ def plot_compare(runs: Runs, out: str | Path, title: str = "") -> Path:
     fig.suptitle(title or "rlsd compare: mean over seeds, band = ± 1 std")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
 
 
@@ -375,13 +372,11 @@ def plot_weights(runs: Runs, out: str | Path, title: str = "") -> Path | None:
     ]
     if not logged:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     out = Path(out)
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    fig = Figure(figsize=(12, 8))
+    axes = fig.subplots(2, 2, sharex=True)
     for ax, (panel, label) in zip(axes.flat, WEIGHT_PANELS, strict=True):
         for i, variant in enumerate(runs):
             if variant not in logged:
@@ -399,7 +394,6 @@ def plot_weights(runs: Runs, out: str | Path, title: str = "") -> Path | None:
     fig.suptitle(title or "rlsd compare: the teacher's token weights, mean over seeds")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
 
 

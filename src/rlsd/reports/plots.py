@@ -1,14 +1,12 @@
-"""Training curves of one run folder as a PNG (matplotlib, headless)."""
+"""Training curves of one run folder as a PNG (a bare matplotlib `Figure`: no pyplot, no
+backend switched, nothing global changed)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -27,7 +25,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Train reward and held-out accuracy against optimiser steps."""
     records = read_metrics(run_dir)
     out = Path(out or Path(run_dir) / "curves.png")
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for key, label, style in (
         ("reward", "train reward", "-"),
         ("eval/accuracy", "held-out accuracy (sampled)", "o-"),
@@ -44,5 +43,4 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     ax.set_title(Path(run_dir).name)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out

@@ -335,18 +335,24 @@ def run(args: ProbeArguments) -> dict[str, Any]:
     return result
 
 
-def main(argv: list[str]) -> dict[str, Any]:
-    """`rlsd probe [CONFIG.yaml] [--field value ...]` (the fields of `ProbeArguments`)."""
+def parse_args(argv: list[str]) -> tuple[ProbeArguments]:
+    """`ProbeArguments` from `[CONFIG.yaml] [--field value ...]`."""
     from rlsd.arguments import parse_command
-    from rlsd.data import UserError
 
-    (args,) = parse_command(
+    return parse_command(
         [ProbeArguments],
         argv,
         "rlsd probe",
         "Does the self-teacher read its privileged context? Scores sampled responses under "
         "the true and a shuffled context (see rlsd.reports.probe).",
     )
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    """`rlsd probe [CONFIG.yaml] [--field value ...]` (the fields of `ProbeArguments`)."""
+    from rlsd.data import UserError
+
+    (args,) = parse_args(argv)
     if args.num_problems < 2 or args.num_generations < 1:
         raise UserError("--num_problems must be at least 2 and --num_generations at least 1")
     return run(args)

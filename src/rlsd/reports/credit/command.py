@@ -233,11 +233,11 @@ def run(args: CreditArguments) -> dict[str, Any]:
     return {"paths": {k: str(v) for k, v in paths.items()}, "summary": meta["summary"]}
 
 
-def main(argv: list[str]) -> dict[str, Any]:
-    """`rlsd credit [CONFIG.yaml] [--field value ...]`: writes OUTPUT_DIR/credit.{html,png,json}."""
+def parse_args(argv: list[str]) -> tuple[CreditArguments]:
+    """`CreditArguments` from `[CONFIG.yaml] [--field value ...]`."""
     from rlsd.arguments import parse_command
 
-    (args,) = parse_command(
+    return parse_command(
         [CreditArguments],
         argv,
         "rlsd credit",
@@ -245,4 +245,9 @@ def main(argv: list[str]) -> dict[str, Any]:
         renamed=RENAMED,
         positional="model_name_or_path",
     )
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    """`rlsd credit [CONFIG.yaml] [--field value ...]`: writes OUTPUT_DIR/credit.{html,png,json}."""
+    (args,) = parse_args(argv)
     return run(args)
