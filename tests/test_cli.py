@@ -228,8 +228,13 @@ def test_a_bad_data_file_exits_2_without_a_traceback(tmp_path):
         ),
         (["train", "--task", "rg:chain_sum", "--privileged", "solution"], "has answer"),
         (["train", "--model_name_or_path", "./no/such/model"], "model './no/such/model'"),
-        (["train", "--reward_funcs", "nope"], "unknown verifier 'nope'"),
-        (["eval", "./no/such/model", "--num_eval", "4"], "model './no/such/model'"),
+        (["train", "--reward_funcs", "nope"], "--reward_funcs nope: not one of exact, numeric"),
+        (["train", "--reward_funcs", "no_module:f"], "cannot import module 'no_module'"),
+        (
+            ["eval", "--model_name_or_path", "./no/such/model", "--num_eval", "4"],
+            "model './no/such/model'",
+        ),
+        (["compare", "--variants", "x="], "unknown variant 'x'"),
         (["eval", "--dataset_path", "missing.jsonl"], "missing.jsonl: no such file"),
     ],
 )
@@ -245,11 +250,11 @@ def test_user_errors_exit_2_with_one_message(argv, message, tmp_path, capsys, mo
 
 
 def test_bad_flags_exit_2_through_argparse(capsys):
-    for argv in (["bogus"], [], ["eval", "--num_samples", "x"], ["compare", "--algorithms", "x="]):
+    for argv in (["bogus"], [], ["eval", "--num_generations", "x"], ["credit", "--seed", "1.5"]):
         with pytest.raises(SystemExit) as exit_:
             main(argv)
         assert exit_.value.code == 2, argv
-    assert "rlsd compare: error: unknown variant 'x'" in capsys.readouterr().err
+    assert "invalid int value: '1.5'" in capsys.readouterr().err
 
 
 def test_every_command_has_help(capsys):

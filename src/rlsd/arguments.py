@@ -148,8 +148,9 @@ def build_parser(
     choices appended to the help of the fields in `CHOICES`."""
     from trl import TrlParser
 
+    dataclass_types: list[Any] = list(types)  # dataclasses (TRL's `DataClassType`)
     parser = TrlParser(
-        list(types),
+        dataclass_types,
         prog=prog,
         usage=usage or f"{prog} [CONFIG.yaml] [--field value ...]",
         description=description,
