@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from rlsd.data import UserError
 
 if TYPE_CHECKING:
-    from trl import ModelConfig, TrlParser
+    from trl import ModelConfig
 
     from rlsd.config import RLSDConfig
 
@@ -202,20 +202,6 @@ def _train_defaults(task=None) -> dict[str, Any]:
             **task.train_defaults,
         )
     return defaults
-
-
-def train_parser(task=None) -> TrlParser:
-    """`rlsd train`'s parser: TRL's, over the script, `RLSDConfig` and `ModelConfig` fields,
-    with the CPU defaults and `task`'s own."""
-    from rlsd.arguments import build_parser
-
-    return build_parser(
-        _train_types(),
-        "rlsd train",
-        TRAIN_DESCRIPTION,
-        _train_defaults(task),
-        usage="rlsd train [CONFIG.yaml] [--key value ...]",
-    )
 
 
 def _named_task(argv: list[str]):
