@@ -5,6 +5,7 @@ training run and a compare, through rlsd's public API and CLI. Measured, never a
     OMP_NUM_THREADS=2 python benchmarks/smollm2_rg.py probe
     OMP_NUM_THREADS=2 python benchmarks/smollm2_rg.py train          # the 60-minute run
     OMP_NUM_THREADS=1 python benchmarks/smollm2_rg.py compare        # grpo, rlsd x2, opsd
+    OMP_NUM_THREADS=1 python benchmarks/smollm2_rg.py estimators     # + cepo, peer (issue 18)
 
 `calibrate` samples one response (temperature 1, as the held-out evaluation) for each of 200
 held-out problems per (dataset, configuration) and scores the same responses three ways: the
@@ -74,6 +75,21 @@ TRAIN_FLAGS = [
 ]
 
 
+STRONG = "rlsd_lambda:1.0,rlsd_lambda_decay_steps:0,rlsd_eps_w:0.5"  # lambda 1 held, eps_w 0.5
+VARIANTS = {
+    "compare": ["grpo", "rlsd", f"rlsd_strong=algorithm:rlsd,{STRONG}", "opsd"],
+    # The magnitude estimators at rlsd_strong's lambda and eps_w, beside the runs of `compare`
+    # (same folder: grpo and rlsd_strong are reused). `contrastive` with beta 1 is CEPO's
+    # formula exactly (docs/results.md section 8), so it is not run again here.
+    "estimators": [
+        "grpo",
+        f"rlsd_strong=algorithm:rlsd,{STRONG}",
+        f"cepo_strong=algorithm:rlsd,rlsd_estimator:cepo,{STRONG}",
+        f"peer_strong=algorithm:rlsd,privileged_source:peer,{STRONG}",
+    ],
+}
+
+
 def _log(command: list[str]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     with (OUT / "commands.txt").open("a") as f:
@@ -131,7 +147,7 @@ def run(command: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=("calibrate", "probe", "train", "compare"))
+    parser.add_argument("stage", choices=("calibrate", "probe", "train", *VARIANTS))
     parser.add_argument("--n", type=int, default=200, help="calibrate: held-out problems")
     parser.add_argument("--seeds", type=int, default=3, help="compare: seeds")
     args, rest = parser.parse_known_args()
@@ -169,10 +185,7 @@ def main() -> None:
                 *rlsd,
                 "compare",
                 "--variants",
-                "grpo",
-                "rlsd",
-                "rlsd_strong=algorithm:rlsd,rlsd_lambda:1.0,rlsd_lambda_decay_steps:0,rlsd_eps_w:0.5",
-                "opsd",
+                *VARIANTS[args.stage],
                 "--seeds",
                 str(args.seeds),
                 "--output_dir",
