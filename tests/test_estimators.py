@@ -94,7 +94,7 @@ def test_estimator_delta_and_stats_follow_the_estimator():
 
 
 # ------------------------------------------------------------------ which texts the teacher sees
-from rlsd.teacher_contexts import final_answer, group_contexts  # noqa: E402
+from rlsd.teacher.contexts import final_answer, group_contexts  # noqa: E402
 
 
 def test_group_contexts_follow_cepos_rule_and_the_peer_rule():

@@ -69,9 +69,9 @@ def test_smollm2_trains_one_rlsd_step(smollm, tmp_path):
     # shared-prefix teacher scoring passed its check against the full forward on a real
     # pretrained model with grouped-query attention (SmolLM2: 9 query heads, 3 KV heads)
     assert model.config.num_key_value_heads < model.config.num_attention_heads
-    assert trainer._prefix_sharing is True
+    assert trainer.teacher_scorer.prefix_sharing is True
     # the teacher's prompt went through SmolLM2's chat template, with the reference inside
-    ids, _, _ = trainer._teacher_prompts(rows[:1])
+    ids, _, _ = trainer.teacher_scorer.prompts(rows[:1])
     text = tokenizer.decode(ids[0])
     assert "<|im_start|>user" in text and "Here is a reference solution:\n5" in text
 

@@ -16,12 +16,14 @@ from rlsd.objectives import lambda_at, rlsd_token_advantages, token_advantages
 from rlsd.prompts import tokenize_prompts
 from rlsd.tasks import get_task, make_rows
 from rlsd.teacher import (
+    SHARED_PREFIX_MAX_ERR,
     left_pad,
     shared_prefix_logits,
     shared_prefix_logps,
     teacher_input_ids,
     teacher_prompt_ids,
 )
+from rlsd.teacher.scoring import row_max_error
 
 
 def _reference_batch(tokenizer, rows: list[dict], pad_id: int):
@@ -109,21 +111,22 @@ def test_trainer_checks_sharing_once_and_falls_back(tiny_path, tmp_path, monkeyp
 
     trainer = make_trainer(tiny_path, tmp_path)
     first = trainer.teacher_logps(ids, mask, T)
-    assert trainer._prefix_sharing is True  # checked once against the full forward
+    assert trainer.teacher_scorer.prefix_sharing is True  # checked once against the full forward
     assert torch.allclose(trainer.teacher_logps(ids, mask, T), first, atol=1e-4)
 
     # A model whose cache cannot be shared: the full forward, and one warning.
-    monkeypatch.setattr("rlsd.teacher._shareable", lambda cache: False)
+    monkeypatch.setattr("rlsd.teacher.scoring._shareable", lambda cache: False)
     other = make_trainer(tiny_path, tmp_path / "other")
-    with caplog.at_level(logging.WARNING, logger="rlsd.trainer"):
+    with caplog.at_level(logging.WARNING, logger="rlsd.teacher.scoring"):
         a = other.teacher_logps(ids, mask, T)
         b = other.teacher_logps(ids, mask, T)
-    assert other._prefix_sharing is False
+    assert other.teacher_scorer.prefix_sharing is False
     assert sum("falling back" in r.message for r in caplog.records) == 1
     assert torch.equal(a, b) and torch.allclose(a, first, atol=1e-4)
     off = make_trainer(tiny_path, tmp_path / "off", teacher_shared_prefix=False)
     assert torch.allclose(off.teacher_logps(ids, mask, T), first, atol=1e-4)
-    assert off._prefix_sharing is None  # never tried
+    assert off.teacher_scorer.prefix_sharing is False  # never tried
+    assert off.teacher_scorer.full_forward_reason == "teacher_shared_prefix=False"
 
 
 # -------------------------------------------------------------------------- A_hat at loss time
@@ -410,3 +413,104 @@ def test_truncation_errors_name_the_row_not_the_secret(tiny_path):
     explicit = [{"prompt": "Q", "teacher_prompt": "x" * 100}]
     with pytest.raises(ValueError, match="explicit `teacher_prompt`"):
         teacher_prompt_ids(tok, explicit, max_prompt_length=20)
+
+
+# ------------------------------------------------ the shared-prefix check: dtype, rows, errors
+def _engine_batch(tiny_path):
+    tok = AutoTokenizer.from_pretrained(tiny_path)
+    rows = _grouped_rows("arithmetic", 4, 4)
+    completion_ids, completion_mask = _reference_batch(tok, rows, tok.pad_token_id)
+    task = get_task("arithmetic")
+    ids, mask = teacher_input_ids(tok, rows, completion_ids, completion_mask, task.teacher_template)
+    return ids, mask, completion_ids.size(1)
+
+
+@pytest.mark.slow
+def test_the_check_passes_in_bf16_and_catches_one_bad_row(tiny_path, tmp_path, monkeypatch):
+    """In bf16 the two summation orders differ a little on every row (the check must accept
+    that), while an O(1) error on a single row of 16 must be caught: a mean over the batch
+    (the former bf16 check) is 1/16 of it and passed."""
+    ids, mask, T = _engine_batch(tiny_path)
+    bf16 = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.bfloat16).eval()
+    add_fused_lm_head(bf16, temperature=1.0)
+    shared = shared_prefix_logps(bf16, ids[:, :-T], mask[:, :-T], ids[:, -T:], mask[:, -T:])
+    errors = row_max_error(shared, _full_logps(bf16, ids, mask, T), mask[:, -T:])
+    assert 0 < errors.max() <= SHARED_PREFIX_MAX_ERR["half"] / 10  # bf16 rounds: not exact
+    trainer = make_trainer(tiny_path, tmp_path, bf16=True)  # bf16 autocast
+    full = make_trainer(tiny_path, tmp_path / "full", teacher_shared_prefix=False, bf16=True)
+    expected = full.teacher_logps(ids, mask, T)
+    trainer.teacher_logps(ids, mask, T)
+    assert trainer.teacher_scorer.prefix_sharing is True
+
+    def one_bad_row(*args, **kwargs):
+        out = shared_prefix_logps(*args, **kwargs)
+        out[0, 0] += 1.0  # row 0, its first response token: 1/64 of the batch mean
+        return out
+
+    monkeypatch.setattr("rlsd.teacher.scoring.shared_prefix_logps", one_bad_row)
+    bad = make_trainer(tiny_path, tmp_path / "bad", bf16=True)
+    logps = bad.teacher_logps(ids, mask, T)
+    assert bad.teacher_scorer.prefix_sharing is False
+    assert "differs from the full forward by 1" in bad.teacher_scorer.full_forward_reason
+    assert torch.allclose(logps, expected, atol=1e-6)  # the full forward's numbers came back
+
+
+@pytest.mark.slow
+def test_an_error_in_the_shared_path_falls_back_once(tiny_path, tmp_path, monkeypatch, caplog):
+    ids, mask, T = _engine_batch(tiny_path)
+    reference = make_trainer(tiny_path, tmp_path / "ref", teacher_shared_prefix=False)
+    expected = reference.teacher_logps(ids, mask, T)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cache layout not supported")
+
+    monkeypatch.setattr("rlsd.teacher.scoring.shared_prefix_logps", broken)
+    trainer = make_trainer(tiny_path, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="rlsd.teacher.scoring"):
+        first = trainer.teacher_logps(ids, mask, T)
+        second = trainer.teacher_logps(ids, mask, T)
+    warnings = [r.message for r in caplog.records if "falling back" in r.message]
+    assert len(warnings) == 1 and "RuntimeError: cache layout not supported" in warnings[0]
+    assert trainer.teacher_scorer.prefix_sharing is False
+    assert torch.equal(first, second) and torch.allclose(first, expected, atol=1e-6)
+
+
+def test_qwen2_vl_text_rows_share_their_prefix_exactly():
+    """An M-RoPE model (Qwen2-VL, built from a config: no download) on text-only teacher rows,
+    ragged left padding included: shared-prefix scoring equals the full forward."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    config = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=128,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]},
+            max_position_embeddings=256,
+            bos_token_id=0,
+            eos_token_id=1,
+        ),
+        vision_config=dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, patch_size=14),
+        image_token_id=120,
+        video_token_id=121,
+        vision_start_token_id=122,
+    )
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    add_fused_lm_head(model, temperature=1.0)
+    prompt_ids = torch.randint(2, 100, (6, 10))
+    prompt_mask = torch.ones_like(prompt_ids)
+    prompt_mask[1, :3] = prompt_mask[4, :6] = 0  # left padding of different widths
+    prompt_ids[3] = prompt_ids[2]  # two rows share one prompt
+    completion_ids = torch.randint(2, 100, (6, 7))
+    completion_mask = torch.ones_like(completion_ids)
+    completion_mask[2, 4:] = 0
+    ids = torch.cat([prompt_ids, completion_ids], 1)
+    mask = torch.cat([prompt_mask, completion_mask], 1)
+    full = _full_logps(model, ids, mask, 7)
+    shared = shared_prefix_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, 4)
+    assert shared is not None
+    assert row_max_error(shared, full, completion_mask).max() <= 1e-4

@@ -275,7 +275,7 @@ def test_opd_uses_a_separate_teacher_on_the_plain_prompt(tiny_path, random_path,
     teacher = trainer.accelerator.unwrap_model(trainer.teacher.model)
     shipped = AutoModelForCausalLM.from_pretrained(tiny_path).state_dict()
     assert all(torch.equal(p, shipped[n]) for n, p in teacher.named_parameters())
-    ids, _, _ = trainer._teacher_prompts(
+    ids, _, _ = trainer.teacher_scorer.prompts(
         [{"prompt": [{"role": "user", "content": "Q:1+2="}], "privileged_context": "SECRET"}]
     )
     assert "SECRET" not in trainer.processing_class.decode(ids[0])

@@ -124,7 +124,7 @@ class RunFolderCallback(TrainerCallback):
         """What the teacher was shown for `prompt`, from the training set (the first row with
         that prompt; TRL's logs keep the prompt, not the row)."""
         if self._privileged is None:
-            from rlsd.teacher import privileged_text
+            from rlsd.prompts import privileged_text
 
             self._privileged = {}
             dataset = getattr(self.trainer, "train_dataset", None)

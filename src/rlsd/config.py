@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from rlsd.teacher import DEFAULT_TEACHER_TEMPLATE
+from rlsd.teacher.prompt import DEFAULT_TEACHER_TEMPLATE
 
 
 @dataclass(frozen=True)

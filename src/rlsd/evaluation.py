@@ -22,8 +22,15 @@ from typing import Any, NamedTuple
 import torch
 
 from rlsd.objectives import leak_flags
-from rlsd.prompts import completion_text, is_conversational, tokenize_prompts
-from rlsd.teacher import example_images, left_pad, render_prompts
+from rlsd.prompts import (
+    completion_text,
+    example_images,
+    is_conversational,
+    left_pad,
+    privileged_or_none,
+    render_prompts,
+    tokenize_prompts,
+)
 
 RewardFn = Callable[..., list[float | None]]
 
@@ -205,7 +212,7 @@ def context_beyond_answer(row: dict[str, Any]) -> str | None:
     the context holds the gold query a correct response counts as a leak. `context_leak_rate`
     applies the same test (copied spans, phrases naming the reference) to what is left:
     retrieved documents, schema notes, rules, i.e. the material the student never sees."""
-    privileged = row.get("privileged_context") or row.get("answer")
+    privileged = privileged_or_none(row)
     answer = row.get("answer")
     if isinstance(privileged, str) and isinstance(answer, str) and len(answer) >= 8:
         if answer in privileged:
@@ -264,7 +271,7 @@ def evaluate(
                 1, len(rows)
             )
     responses = [completion_text(s) for ss in samples for s in ss]
-    privileged = [row.get("privileged_context") or row.get("answer") for row in rows]
+    privileged = [privileged_or_none(row) for row in rows]
     contexts = [context_beyond_answer(row) for row in rows]
     for key, sources, wanted in (
         ("leak_rate", privileged, any(p for p in privileged)),

@@ -19,7 +19,9 @@ What is here:
     out as the reference that TRL's loss is tested against: training itself uses TRL's
     ``_compute_loss``, whose equality with this function ``tests/test_trainer_loss.py``
     checks),
-  * section 5: ``generalized_jsd`` and ``sampled_token_distill_advantages`` (OPSD / OPD),
+  * section 5: ``generalized_jsd``, ``distillation_loss`` (its token mean over the optimiser
+    batch, TRL's normaliser), ``masked_entropy`` and ``sampled_token_distill_advantages``
+    (OPSD / OPD),
   * section 6: ``rlsd_stats`` (what to log about the reweighting),
   * section 7: ``leak_flags`` and ``leak_rate`` (the leakage diagnostic).
 
@@ -48,12 +50,14 @@ __all__ = [
     "clipped_policy_loss",
     "contrastive_token_advantages",
     "clamp_log_ratio",
+    "distillation_loss",
     "estimator_delta",
     "generalized_jsd",
     "group_advantages",
     "lambda_at",
     "leak_flags",
     "leak_rate",
+    "masked_entropy",
     "rlsd_stats",
     "rlsd_token_advantages",
     "sampled_token_distill_advantages",
@@ -750,6 +754,35 @@ def generalized_jsd(
         )
         jsd_N = beta * _kl_rows(logp_t_NV, log_m_NV) + (1.0 - beta) * _kl_rows(logp_s_NV, log_m_NV)
     return jsd_N.sum() / max(jsd_N.numel(), 1)
+
+
+def distillation_loss(
+    divergence: torch.Tensor,
+    mask: torch.Tensor,
+    num_items_in_batch: torch.Tensor,
+    num_processes: int = 1,
+    gradient_accumulation_steps: int = 1,
+    steps_per_generation: int = 1,
+) -> torch.Tensor:
+    """Spec section 5: one micro-batch's token-mean `divergence` (over its `mask`) as its share
+    of the optimiser batch's token mean, with the normaliser of TRL's `dapo` loss:
+    `divergence * n_tokens / (num_items_in_batch / num_processes * gradient_accumulation_steps
+    / steps_per_generation)`, where `num_items_in_batch` counts the response tokens of the
+    whole generation batch over all processes (pass 1 and 1 for the last two in evaluation).
+    Summed over the micro-batches of an optimiser step (and averaged over processes, as DDP
+    does), the result is the token mean over the optimiser batch."""
+    normalizer = num_items_in_batch.clamp(min=1.0) / num_processes
+    normalizer = normalizer * gradient_accumulation_steps / steps_per_generation
+    return divergence * mask.float().sum() / normalizer
+
+
+@torch.no_grad()
+def masked_entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean entropy (nats) of `softmax(logits)` `[B, T, V]` over the positions of `mask`."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    mask = mask.float()
+    return (entropy * mask).sum() / mask.sum().clamp(min=1)
 
 
 @torch.no_grad()

@@ -36,7 +36,7 @@ import torch
 from rlsd.evaluation import evaluate
 from rlsd.models import tiny_vlm
 from rlsd.models.tiny import build_model, build_tokenizer
-from rlsd.tasks import Task, get_task, make_rows, privileged_text
+from rlsd.tasks import Task, get_task, make_rows, problem_privileged
 from rlsd.teacher import fill_template, teacher_prompt
 from rlsd.verifiers import reward_funcs_for
 
@@ -166,7 +166,7 @@ def build_examples(args: SFTArgs, tokenizer) -> list[tuple[list[int], list[int]]
                 kind = rng.choice(others)
             if counterfactuals and kind != "answer" and rng.random() < args.counterfactual_fraction:
                 p = task.counterfactual(rng)  # a result alone cannot tell other rules' query
-            prompt = fill_template(task.teacher_template, p.question, privileged_text(p, kind))
+            prompt = fill_template(task.teacher_template, p.question, problem_privileged(p, kind))
         examples.append(_example(tokenizer, prompt, p.solution))
     return examples
 

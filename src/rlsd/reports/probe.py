@@ -244,10 +244,11 @@ def run(args: ProbeArguments) -> dict[str, Any]:
     from rlsd.cli import resolve_task
     from rlsd.data import UserError, read_rows
     from rlsd.models import resolve_model_path
+    from rlsd.prompts import privileged_text
     from rlsd.reports.credit.command import load_model
     from rlsd.reports.credit.compute import compute_credit
     from rlsd.tasks import make_rows
-    from rlsd.teacher import DEFAULT_TEACHER_TEMPLATE, privileged_text
+    from rlsd.teacher.prompt import DEFAULT_TEACHER_TEMPLATE
     from rlsd.verifiers import reward_funcs_for
 
     torch.manual_seed(args.seed)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlsd.tasks.base import Problem, Task, make_rows, privileged_text
+from rlsd.tasks.base import Problem, Task, make_rows, problem_privileged
 from rlsd.tasks.counting_visual import CountingVisualTask
 from rlsd.tasks.sql import SqlTask
 from rlsd.tasks.tasks import ArithmeticTask, CountingTask, MixedTask, PathsTask
@@ -55,4 +55,4 @@ def get_task(name: str, config: dict[str, Any] | None = None) -> Task:
     return TASKS[name]()
 
 
-__all__ = ["TASKS", "Problem", "Task", "get_task", "make_rows", "privileged_text", "task_names"]
+__all__ = ["TASKS", "Problem", "Task", "get_task", "make_rows", "problem_privileged", "task_names"]

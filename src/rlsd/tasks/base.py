@@ -53,7 +53,7 @@ class Task(ABC):
     # `rlsd train` field by name, each used unless the command line or the YAML file sets it
     # (`max_completion_length` always follows the task's own, above).
     train_defaults: dict[str, Any] = {}
-    # What `--privileged` may choose for this task (see `privileged_text`).
+    # What `--privileged` may choose for this task (see `problem_privileged`).
     privileged_kinds: tuple[str, ...] = ("solution", "answer")
 
     @abstractmethod
@@ -96,7 +96,7 @@ class Task(ABC):
         return out
 
 
-def privileged_text(problem: Problem, kind: str = "solution") -> str:
+def problem_privileged(problem: Problem, kind: str = "solution") -> str:
     """The self-teacher's privileged context of `problem`: its worked `solution`, its final
     `answer` (`A:<answer>`), or a task-specific kind (`Problem.privileged`)."""
     if kind in problem.privileged:
@@ -125,7 +125,7 @@ def make_rows(problems: list[Problem], privileged: str = "solution") -> list[dic
         row = {
             "prompt": [*p.turns_before, {"role": "user", "content": content}],
             "answer": p.answer,
-            "privileged_context": privileged_text(p, privileged),
+            "privileged_context": problem_privileged(p, privileged),
         }
         if p.image is not None:
             row["image"] = p.image

@@ -43,7 +43,7 @@ from functools import lru_cache
 from typing import Any
 
 from rlsd.tasks.base import Problem, Task
-from rlsd.teacher import DEFAULT_TEACHER_TEMPLATE
+from rlsd.teacher.prompt import DEFAULT_TEACHER_TEMPLATE
 
 PREFIX = "rg:"
 INSTRUCTION = "Give only the final answer inside <answer></answer>."

@@ -148,11 +148,11 @@ def run(args: CreditArguments) -> dict[str, Any]:
     from rlsd.cli import resolve_task
     from rlsd.data import UserError, read_rows
     from rlsd.models import resolve_model_path
+    from rlsd.prompts import example_images
     from rlsd.reports.credit.compute import compute_credit, summarize
     from rlsd.reports.credit.page import render_html
     from rlsd.reports.credit.picture import render_png
     from rlsd.tasks import make_rows
-    from rlsd.teacher import example_images
     from rlsd.verifiers import reward_funcs_for
 
     model_path = resolve_model_path(args.model_name_or_path)

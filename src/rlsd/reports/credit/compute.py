@@ -31,18 +31,10 @@ from rlsd.evaluation import (
     score_completions,
 )
 from rlsd.objectives import group_advantages, rlsd_stats, rlsd_token_advantages
-from rlsd.teacher import (
-    DEFAULT_TEACHER_TEMPLATE,
-    example_images,
-    left_pad,
-    privileged_text,
-    teacher_prompt_batch,
-)
+from rlsd.prompts import TOKEN_TYPE_INPUTS, example_images, left_pad, privileged_or_none
+from rlsd.teacher.prompt import DEFAULT_TEACHER_TEMPLATE, teacher_prompt_batch
 
 W_LOG_CAP = 30.0  # raw w is stored as exp(min(x, 30)) so the JSON stays finite (as rlsd_stats)
-
-
-_TOKEN_TYPE_FIELDS = ("token_type_ids", "mm_token_type_ids")  # per token, like the ids
 
 
 def _forward_images(fields: dict[str, Any], T: int, device: torch.device) -> dict[str, Any]:
@@ -53,7 +45,7 @@ def _forward_images(fields: dict[str, Any], T: int, device: torch.device) -> dic
     for key, value in fields.items():
         if key == "num_images":
             continue
-        if key in _TOKEN_TYPE_FIELDS:
+        if key in TOKEN_TYPE_INPUTS:
             types = value if isinstance(value, torch.Tensor) else left_pad(value, 0)[0]
             value = torch.cat([types, types.new_zeros((types.size(0), T))], dim=1)
         out[key] = value.to(device) if isinstance(value, torch.Tensor) else value
@@ -255,7 +247,7 @@ def compute_credit(
                 {
                     "index": len(records),
                     "prompt": text_tokenizer.decode(prompt_ids[0], skip_special_tokens=True),
-                    "privileged": _privileged_or_none(row),
+                    "privileged": privileged_or_none(row),
                     "teacher_prompt": text_tokenizer.decode(
                         teacher_ids[0, :teacher_prompt_len], skip_special_tokens=True
                     ),
@@ -291,13 +283,6 @@ def _token_credit(
         "a_hat": a_hat,
         "credit": [a / adv if adv != 0 else None for a in a_hat],
     }
-
-
-def _privileged_or_none(row: dict[str, Any]) -> str | None:
-    try:
-        return privileged_text(row)
-    except ValueError:  # a row with a whole `teacher_prompt` and no privileged column
-        return None
 
 
 def summarize(
