@@ -1,7 +1,8 @@
 """Run by tests/test_distributed.py under `torchrun --nproc_per_node 2` (gloo, CPU).
 
 Trains RLSD for 2 steps on the built-in task, then each rank writes its world size, a
-checksum of its parameters and whether the weights moved."""
+checksum of its parameters, whether the weights moved, and per generation batch how many rows
+its teacher scored and its first prompt."""
 
 import json
 import os
@@ -41,6 +42,15 @@ def main(model_path: str, out_dir: str) -> None:
         train_dataset=to_dataset(make_rows(task.problems("train", 128, 0))),
         processing_class=AutoTokenizer.from_pretrained(model_path),
     )
+    scored, prompts = [], []  # per generation batch: rows the teacher scored, first prompt
+    score_batch = trainer.teacher_scorer.score_batch
+
+    def recording(inputs, output, rows, contexts=None):
+        scored.append(len(rows))
+        prompts.append(str(inputs[0]["prompt"]))
+        return score_batch(inputs, output, rows, contexts)
+
+    trainer.teacher_scorer.score_batch = recording
     trainer.train()
     final = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
     rank = trainer.accelerator.process_index
@@ -54,6 +64,8 @@ def main(model_path: str, out_dir: str) -> None:
         "checksum": float(final.double().sum()),
         "moved": float((final - initial).abs().max()),
         "pid": os.getpid(),
+        "scored": scored,
+        "prompts": prompts,
     }
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)

@@ -12,7 +12,7 @@ from rlsd.data import to_dataset
 from rlsd.models.tiny_vlm import build_model, build_processor
 from rlsd.prompts import completion_text
 from rlsd.tasks import get_task, make_rows
-from rlsd.teacher import left_pad, teacher_prompt_batch
+from rlsd.teacher import left_pad, scoring, teacher_prompt_batch
 
 pytestmark = pytest.mark.slow
 
@@ -73,6 +73,16 @@ def test_every_algorithm_trains_a_tiny_vlm(tmp_path, algorithm, extra):
         assert "rlsd/w_clipped_mean" in trainer.state.log_history[0]
 
 
+def _text_only(prompt: list[dict]) -> list[dict]:
+    """A chat prompt without its image parts."""
+    return [
+        {**m, "content": [p for p in m["content"] if p.get("type") != "image"]}
+        if isinstance(m["content"], list)
+        else m
+        for m in prompt
+    ]
+
+
 def _fixed_batch(trainer, rows):
     """Teacher prompt ids and image fields for `rows`, plus their solutions as completions."""
     processor = trainer.processing_class
@@ -106,9 +116,27 @@ def test_the_teacher_sees_the_image(tmp_path):
     real = mask[:, -T:].bool()
     assert (seen - unseen)[real].abs().max() > 1e-4  # a different picture, different judgement
 
-    # image inputs are scored with the full forward: the same with shared-prefix scoring off
-    off = vlm_trainer(tmp_path / "off", teacher_shared_prefix=False)  # same seed, same weights
-    assert torch.allclose(off.teacher_logps(ids, mask, T, fields), seen, atol=1e-5)
+    # image tensors are per image, not per row: image rows never take the shared prefix path
+    assert trainer.teacher_scorer.prefix_sharing is None  # never tried on them
+
+
+def test_image_rows_take_the_full_forward_text_rows_the_shared_one(tmp_path, monkeypatch):
+    trainer = vlm_trainer(tmp_path)
+    rows = make_rows(get_task("counting_visual").problems("eval", 3, 0))
+    ids, mask, T, fields = _fixed_batch(trainer, rows)
+    calls = []
+    real = scoring.shared_prefix_logps
+    monkeypatch.setattr(
+        scoring, "shared_prefix_logps", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    with_images = trainer.teacher_logps(ids, mask, T, fields)
+    assert not calls and torch.isfinite(with_images).all()
+    text_ids, text_mask, text_T, text_fields = _fixed_batch(
+        trainer, [{**r, "image": None, "prompt": _text_only(r["prompt"])} for r in rows]
+    )
+    assert not text_fields
+    trainer.teacher_logps(text_ids, text_mask, text_T)
+    assert calls and trainer.teacher_scorer.prefix_sharing is True  # checked, and it holds
 
 
 def test_one_and_two_images_per_prompt_collate(tmp_path):
@@ -153,6 +181,16 @@ def test_a_text_model_given_images_fails_early(tiny_path, tmp_path):
             train_dataset=to_dataset(make_rows(task.problems("train", 8, 0))),
             processing_class=AutoTokenizer.from_pretrained(tiny_path),
         )
+    # images inside the messages (no image column) are found too
+    inline = [_inline(r, f"{i}.png") for i, r in enumerate(make_rows(task.problems("train", 8, 0)))]
+    with pytest.raises(ValueError, match="image parts in the prompt messages"):
+        RLSDTrainer(
+            model=AutoModelForCausalLM.from_pretrained(tiny_path),
+            reward_funcs=parity,
+            args=RLSDConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False),
+            train_dataset=to_dataset(inline),
+            processing_class=AutoTokenizer.from_pretrained(tiny_path),
+        )
 
 
 def test_held_out_evaluation_shows_the_images():
@@ -174,3 +212,63 @@ def test_held_out_evaluation_shows_the_images():
         model, processor, prompts, 4, 1.0, 8, seed=0, images=[[r["image"]] for r in rows]
     )
     assert seen != generate(model, processor, prompts, 4, 1.0, 8, seed=0, images=blank)
+
+
+def _inline(row: dict, image) -> dict:
+    """`row` with its image given inside the message (`{"type": "image", "image": ...}`, as TRL
+    1.16 accepts) instead of an `image` column."""
+    message = row["prompt"][-1]
+    content = [
+        {"type": "image", "image": image} if part.get("type") == "image" else part
+        for part in message["content"]
+    ]
+    out = {k: v for k, v in row.items() if k != "image"}
+    out["prompt"] = [*row["prompt"][:-1], {**message, "content": content}]
+    return out
+
+
+def test_inline_images_reach_the_teacher_as_a_column_does(tmp_path):
+    """An image inline in the messages, as a PIL image or as a file path (what a JSONL row
+    holds), gives the teacher the same ids and pixels as the same image in a column."""
+    processor = build_processor()
+    (row,) = make_rows(get_task("counting_visual").problems("eval", 1, 0))
+    row["image"].save(tmp_path / "shapes.png")
+    template = get_task("counting_visual").teacher_template
+    column_ids, _, column = teacher_prompt_batch(processor, [row], template)
+    for image in (row["image"], str(tmp_path / "shapes.png")):
+        ids, _, fields = teacher_prompt_batch(processor, [_inline(row, image)], template)
+        assert fields["num_images"] == [1]
+        assert ids == column_ids
+        assert torch.equal(fields["pixel_values"], column["pixel_values"])
+
+
+def test_a_run_on_inline_image_paths_shows_the_teacher_every_image(tmp_path):
+    task = get_task("counting_visual")
+    rows = make_rows(task.problems("train", 8, 0))
+    for i, row in enumerate(rows):
+        row["image"].save(tmp_path / f"{i}.png")
+    inline = [_inline(row, str(tmp_path / f"{i}.png")) for i, row in enumerate(rows)]
+    processor = build_processor()
+    torch.manual_seed(0)
+    trainer = RLSDTrainer(
+        model=build_model(processor),
+        reward_funcs=parity,
+        args=RLSDConfig(
+            output_dir=str(tmp_path / "run"),
+            per_device_train_batch_size=8,
+            num_generations=4,
+            max_completion_length=8,
+            max_steps=1,
+            logging_steps=1,
+            report_to="none",
+            use_cpu=True,
+            bf16=False,
+            save_strategy="no",
+            teacher_template=task.teacher_template,
+            rlsd_skip_zero_advantage=False,  # every row is scored: 8 images a step
+        ),
+        train_dataset=to_dataset(inline),
+        processing_class=processor,
+    )
+    trainer.train()
+    assert trainer.state.log_history[0]["rlsd/teacher_images"] == 8.0
