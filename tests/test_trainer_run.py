@@ -378,3 +378,25 @@ def test_teacher_prompt_is_rendered_as_trl_renders_the_student_prompt(tiny_path,
     )
     assert ids[0][mask[0].bool()].tolist() == list(student)
     assert "lookup" in tokenizer.decode(student)
+
+
+def test_fsdp1_snapshot_is_refused_with_the_way_to_fsdp2(tiny_path, tmp_path):
+    """FSDP1's flat shards give no full parameters to sync, save or load a snapshot from: the
+    snapshot refuses it and names FSDP2. accelerate cannot build an FSDP1 plugin on a CPU
+    ("no available devices"), so its state is given here as the three attributes read."""
+    from types import SimpleNamespace
+
+    from rlsd.teacher import TeacherSnapshot
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    plugin = SimpleNamespace(fsdp_version=1)
+    state = SimpleNamespace(fsdp_plugin=plugin)
+    accelerator = SimpleNamespace(state=state, unwrap_model=lambda m: m)
+    args = RLSDConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    with pytest.raises(ValueError, match=r"does not support FSDP1.*--fsdp_version 2"):
+        TeacherSnapshot(args, accelerator, model=lambda: model, fsdp=True)
+    # the live policy (teacher_sync_steps=1) holds no snapshot: allowed under FSDP1
+    live = RLSDConfig(
+        output_dir=str(tmp_path), report_to="none", use_cpu=True, teacher_sync_steps=1
+    )
+    assert TeacherSnapshot(live, accelerator, model=lambda: model, fsdp=True).kind == "live"
