@@ -106,3 +106,22 @@ def test_missing_file_and_unknown_format(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(DataError, match="no rows"):
         read_rows(tmp_path / "empty.jsonl")
+
+
+def test_the_columns_a_verifier_needs_come_from_the_verifier_itself(tmp_path):
+    """No second table: a registered verifier's declared columns are checked like a
+    built-in's, and the built-in table matches what each verifier declares."""
+    from rlsd.data import validate_rows
+    from rlsd.verifiers import RewardFunction, register_verifier, verifier_columns
+
+    assert verifier_columns("sql") == ("answer", "database")
+    assert verifier_columns("format") == () and verifier_columns("routed") == ()
+    register_verifier(
+        "ticket_lookup",
+        lambda: RewardFunction("ticket_lookup", lambda **row: 1.0, columns=("ticket_id",)),
+    )
+    rows = [{"prompt": "Which queue?", "verifier": "ticket_lookup"}]
+    errors = validate_rows(rows, "tickets.jsonl")
+    assert errors == [
+        "tickets.jsonl: row 1: column 'ticket_id' is missing (needed by verifier 'ticket_lookup')"
+    ]

@@ -63,6 +63,7 @@ def make_trainer(path, output_dir, **overrides):
         teacher_template=task.teacher_template,
         bf16=False,  # fp32 on the CPU (bf16 autocast is much slower there)
     )
+    peft_config = overrides.pop("peft_config", None)
     kwargs.update(overrides)
     config = RLSDConfig(**kwargs)
     torch.manual_seed(0)
@@ -72,6 +73,7 @@ def make_trainer(path, output_dir, **overrides):
         args=config,
         train_dataset=to_dataset(make_rows(task.problems("train", 256, 0))),
         processing_class=AutoTokenizer.from_pretrained(path),
+        peft_config=peft_config,
     )
 
 

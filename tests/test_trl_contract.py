@@ -92,3 +92,40 @@ def test_trl_internals_we_read_still_exist():
         assert name in fields
     for attr in ("_metrics", "_logs", "reward_weights", "multi_objective_aggregation"):
         assert attr in inspect.getsource(GRPOTrainer.__init__), attr
+
+
+def test_vllm_weight_pushes_skip_the_teacher_adapter(tiny_path, tmp_path):
+    """With PEFT `modules_to_save`, TRL's vLLM weight iterator (run here on the real model,
+    without vLLM: only its name handling is used) yields `...modules_to_save.rlsd_teacher.*`
+    next to the policy's names; the trainer's filter drops exactly those."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from peft import LoraConfig
+    from test_trainer_run import make_trainer
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    from rlsd.teacher import skip_teacher_parameters
+
+    trainer = make_trainer(
+        tiny_path,
+        tmp_path,
+        teacher_sync_steps=2,
+        peft_config=LoraConfig(
+            r=4, target_modules=["q_proj"], modules_to_save=["lm_head"], task_type="CAUSAL_LM"
+        ),
+    )
+    assert trainer.teacher.kind == "adapter"
+    generation = SimpleNamespace(
+        model=trainer.model,
+        _dist=SimpleNamespace(is_fsdp=False, gather_params=lambda params: nullcontext()),
+        _fix_param_name_to_vllm=lambda name, extra_prefixes=None: (
+            VLLMGeneration._fix_param_name_to_vllm(None, name, extra_prefixes)
+        ),
+    )
+    names = [name for name, _ in VLLMGeneration._iter_named_params(generation)]
+    assert any("rlsd_teacher" in n for n in names)  # what TRL alone would push
+    kept = [
+        name for name, _ in skip_teacher_parameters(VLLMGeneration._iter_named_params(generation))
+    ]
+    assert kept == [n for n in names if "rlsd_teacher" not in n] and "lm_head.weight" in kept

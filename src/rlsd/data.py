@@ -22,17 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-# Columns each verifier needs besides `prompt`.
-VERIFIER_COLUMNS: dict[str, tuple[str, ...]] = {
-    "exact": ("answer",),
-    "numeric": ("answer",),
-    "regex": ("answer",),
-    "math": ("answer",),
-    "sql": ("answer", "database"),
-    "code": ("tests",),
-    "json_schema": ("schema",),
-    "rg": ("rg_dataset", "rg_config", "rg_index"),
-}
+from rlsd.verifiers.registry import verifier_columns
+
 MAX_ERRORS_SHOWN = 20
 
 
@@ -190,7 +181,7 @@ def validate_rows(rows: Iterable[dict[str, Any]], source: str = "<data>") -> lis
         if verifier is not None and not isinstance(verifier, str):
             errors.append(f"{where}: column 'verifier' must be a verifier name")
             continue
-        needed = VERIFIER_COLUMNS.get(verifier or "exact", ())
+        needed = verifier_columns(verifier or "exact")
         for column in needed:
             if column not in row:
                 needed_by = verifier or "exact"

@@ -63,6 +63,7 @@ from rlsd.teacher import (
     TeacherSnapshot,
     TeacherSyncCallback,
     group_contexts,
+    skip_teacher_parameters,
 )
 from rlsd.teacher.scoring import full_logits
 
@@ -135,6 +136,11 @@ class RLSDTrainer(GRPOTrainer):
                 },
             )
             self.add_callback(TeacherSyncCallback(self.teacher, self._timings))
+            generation = getattr(self, "vllm_generation", None)
+            if generation is not None and self.teacher.kind == "adapter":
+                # vLLM gets the policy's weights only, never the teacher adapter's
+                iterate = generation._iter_named_params
+                generation._iter_named_params = lambda: skip_teacher_parameters(iterate())
 
     def _check_images(self, *datasets) -> None:
         """A dataset with images (`image` / `images` columns, or image parts inside the first

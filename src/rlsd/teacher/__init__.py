@@ -43,6 +43,7 @@ from rlsd.teacher.snapshot import (
     cast_lm_head_to_fp32,
     is_teacher_parameter,
     policy_parameter_name,
+    skip_teacher_parameters,
 )
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "render_prompts",
     "shared_prefix_logits",
     "shared_prefix_logps",
+    "skip_teacher_parameters",
     "teacher_input_ids",
     "teacher_prompt",
     "teacher_prompt_batch",

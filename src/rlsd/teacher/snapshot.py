@@ -15,7 +15,7 @@ import copy
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,13 @@ def is_teacher_parameter(name: str) -> bool:
 def policy_parameter_name(name: str) -> str:
     """The policy's (`default` adapter's) parameter that a teacher-adapter parameter mirrors."""
     return _ADAPTER_SEGMENT.sub("default", name)
+
+
+def skip_teacher_parameters(named: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+    """`(name, tensor)` pairs without the teacher adapter's: for weight pushes to vLLM, which
+    knows the policy's names only (TRL strips PEFT's `modules_to_save.default.` and skips
+    `lora_` names, so `...modules_to_save.rlsd_teacher.weight` would otherwise be sent)."""
+    return ((name, value) for name, value in named if not is_teacher_parameter(name))
 
 
 def _is_dtensor(t: torch.Tensor) -> bool:

@@ -17,6 +17,7 @@ from rlsd.verifiers.registry import (
     get_verifier,
     register_verifier,
     reward_funcs_for,
+    verifier_columns,
     verifier_names,
 )
 
@@ -29,5 +30,6 @@ __all__ = [
     "get_verifier",
     "register_verifier",
     "reward_funcs_for",
+    "verifier_columns",
     "verifier_names",
 ]

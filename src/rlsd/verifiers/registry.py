@@ -18,6 +18,7 @@ Sub-verifiers are built once, with `options[name]` as their options. Rows with a
 
 from __future__ import annotations
 
+import functools
 import importlib
 import warnings
 from collections.abc import Callable, Sequence
@@ -56,6 +57,29 @@ def verifier_names() -> list[str]:
     """What `--reward_funcs` accepts by name: the built-in verifiers and the registered ones
     (besides any `module:function` import path)."""
     return [*VERIFIERS, *(name for name in _REGISTERED if name not in VERIFIERS)]
+
+
+@functools.cache
+def _columns_of(name: str) -> tuple[str, ...]:
+    try:
+        return tuple(getattr(get_verifier(name), "columns", ()))
+    except (ValueError, TypeError):  # an unknown name, or a factory that needs options
+        return ()
+
+
+def verifier_columns(name: str) -> tuple[str, ...]:
+    """The dataset columns verifier `name` needs besides `prompt`, as the verifier itself
+    declares them (`RewardFunction.columns`), for the built-in and the registered ones alike
+    (a registered factory's function declares none unless it has a `columns` attribute).
+    `routed` / `auto` need none of their own: each row's verifier is looked up in turn."""
+    if name in ("routed", "auto"):
+        return ()
+    if name in _REGISTERED:  # may be registered after a lookup: never cached
+        try:
+            return tuple(getattr(_REGISTERED[name](), "columns", ()))
+        except TypeError:  # a factory that needs options
+            return ()
+    return _columns_of(name)
 
 
 def _load(path: str) -> Any:
