@@ -100,14 +100,13 @@ def calibrate(n: int, configs: list[tuple[str, dict]]) -> None:
     import torch
 
     from rlsd.evaluation import generate, score_completions
-    from rlsd.models import resolve_model_path
-    from rlsd.reports.credit.command import load_model
+    from rlsd.models import load_model
     from rlsd.tasks import get_task, make_rows
     from rlsd.verifiers import get_verifier
 
     _log([sys.executable, *sys.argv])
     torch.manual_seed(0)
-    model, tokenizer = load_model(resolve_model_path("smollm2"))
+    model, tokenizer = load_model("smollm2")
     verifiers = {
         "strict": get_verifier("rg"),
         "lenient": get_verifier("rg", lenient=True),

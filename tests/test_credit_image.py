@@ -18,9 +18,8 @@ from PIL import Image
 from test_credit import _chromium, _run_chromium
 
 from rlsd.data import UserError
-from rlsd.models import tiny_vlm
+from rlsd.models import load_model, tiny_vlm
 from rlsd.reports.credit import compute_credit, main, render_html, render_png
-from rlsd.reports.credit.command import load_model
 from rlsd.tasks import get_task, make_rows
 from rlsd.tasks.counting_visual import COLOURS
 from rlsd.teacher import teacher_prompt

@@ -261,40 +261,6 @@ def parse_train_args(argv: list[str]) -> tuple[ScriptArguments, RLSDConfig, Mode
     return script, config, model_config
 
 
-def _load_model(path: str, dtype: Any = None, attn_implementation: str | None = None):
-    """(tokenizer, model) from a folder or, when online, a Hub id; a `UserError` if neither.
-    A vision-language model (a config with a `vision_config`) comes with its processor."""
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForImageTextToText,
-        AutoProcessor,
-        AutoTokenizer,
-    )
-
-    looks_local = path.startswith((".", "/", "~")) or os.sep in path.strip(os.sep)
-    if looks_local and not Path(path).expanduser().exists():
-        raise UserError(f"model {path!r}: no such folder")
-    try:
-        config = AutoConfig.from_pretrained(path)
-        if hasattr(config, "vision_config"):  # a vision-language model: its processor and class
-            tokenizer = AutoProcessor.from_pretrained(path)
-            model = AutoModelForImageTextToText.from_pretrained(
-                path, dtype=dtype, attn_implementation=attn_implementation
-            )
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=dtype, attn_implementation=attn_implementation
-            )
-    except (OSError, ValueError) as e:
-        hint = ""
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            hint = " (rlsd runs offline: give a model folder, or export HF_HUB_OFFLINE=0)"
-        raise UserError(f"cannot load the model {path!r}: {str(e).splitlines()[0]}{hint}") from e
-    return tokenizer, model
-
-
 def _reward_funcs(rows: list[dict], names: list[str]) -> list[Any]:
     from rlsd.verifiers import reward_funcs_for
 
@@ -355,7 +321,7 @@ def train_main(argv: list[str]) -> dict:
 
     from rlsd.callbacks import ConsoleCallback, HeldOutEvalCallback, RunFolderCallback
     from rlsd.data import read_rows, to_dataset
-    from rlsd.models import resolve_model_path
+    from rlsd.models import load_model, resolve_model_path
     from rlsd.reports.plots import plot_run
     from rlsd.tasks import make_rows
     from rlsd.trainer import RLSDTrainer
@@ -393,7 +359,7 @@ def train_main(argv: list[str]) -> dict:
         train_rows, eval_rows, provenance = _build_context(
             script, model_path, train_rows, eval_rows, out
         )
-    tokenizer, model = _load_model(model_path, dtype, model_config.attn_implementation)
+    model, tokenizer = load_model(model_path, None, dtype, model_config.attn_implementation)
     try:
         trainer = RLSDTrainer(
             model=model,
@@ -547,7 +513,7 @@ def eval_main(argv: list[str]) -> dict:
 
     from rlsd.data import read_rows
     from rlsd.evaluation import evaluate
-    from rlsd.models import resolve_model_path
+    from rlsd.models import load_model, resolve_model_path
     from rlsd.tasks import make_rows
 
     path = resolve_model_path(args.model_name_or_path)
@@ -568,7 +534,7 @@ def eval_main(argv: list[str]) -> dict:
         max_new_tokens = args.max_completion_length or task.max_completion_length
         path = resolve_model_path(args.model_name_or_path, task)
     reward_fn = _reward_funcs(rows, args.reward_funcs[:1])[0]
-    tokenizer, model = _load_model(path)
+    model, tokenizer = load_model(path)
     ks = tuple(k for k in (1, 2, 4, 8, 16, 32) if k <= args.num_generations)
     metrics = evaluate(
         model,

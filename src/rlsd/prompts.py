@@ -16,9 +16,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 Messages = list[dict[str, Any]]
 Prompt = str | Messages
@@ -188,6 +189,8 @@ def render_prompts(
 
 def left_pad(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`[B, W]` ids and mask of token lists left-padded to their longest (TRL's layout)."""
+    import torch  # here, not at import: `rlsd.cli` imports this module and stays light
+
     width = max(len(x) for x in ids)
     out = torch.full((len(ids), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)

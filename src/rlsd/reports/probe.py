@@ -243,9 +243,8 @@ def run(args: ProbeArguments) -> dict[str, Any]:
 
     from rlsd.cli import resolve_task
     from rlsd.data import UserError, read_rows
-    from rlsd.models import resolve_model_path
+    from rlsd.models import load_model, resolve_model_path
     from rlsd.prompts import privileged_text
-    from rlsd.reports.credit.command import load_model
     from rlsd.reports.credit.compute import compute_credit
     from rlsd.tasks import make_rows
     from rlsd.teacher.prompt import DEFAULT_TEACHER_TEMPLATE
@@ -282,7 +281,7 @@ def run(args: ProbeArguments) -> dict[str, Any]:
     except ValueError as e:
         raise UserError(f"{source}: {e}") from e
     reward_fn = reward_funcs_for(rows, args.reward_funcs[:1])[0]
-    model, tokenizer = load_model(model_path)
+    model, tokenizer = load_model(model_path, dtype=torch.float32)
     records = compute_credit(
         model,
         tokenizer,

@@ -18,33 +18,49 @@ prompt and never logged unless the user asks (`log_privileged`). Error messages 
 its question, never by its privileged text.
 """
 
-from rlsd.prompts import example_images, left_pad, privileged_text, render_prompts
-from rlsd.teacher.contexts import GroupContexts, group_contexts
-from rlsd.teacher.prompt import (
-    DEFAULT_TEACHER_TEMPLATE,
-    DEFAULT_TRUNCATION_MARKER,
-    fill_template,
-    teacher_input_ids,
-    teacher_prompt,
-    teacher_prompt_batch,
-    teacher_prompt_ids,
-)
-from rlsd.teacher.scoring import (
-    SHARED_PREFIX_MAX_ERR,
-    TeacherScorer,
-    shared_prefix_logits,
-    shared_prefix_logps,
-)
-from rlsd.teacher.snapshot import (
-    TEACHER_ADAPTER,
-    TEACHER_STATE_DIR,
-    TeacherSnapshot,
-    TeacherSyncCallback,
-    cast_lm_head_to_fp32,
-    is_teacher_parameter,
-    policy_parameter_name,
-    skip_teacher_parameters,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Public name -> the module that owns it. Imported on first use (PEP 562), so that importing
+# one light part (the template, for the config) does not load torch and transformers.
+_OWNERS = {
+    "example_images": "rlsd.prompts",
+    "left_pad": "rlsd.prompts",
+    "privileged_text": "rlsd.prompts",
+    "render_prompts": "rlsd.prompts",
+    "GroupContexts": "rlsd.teacher.contexts",
+    "group_contexts": "rlsd.teacher.contexts",
+    "DEFAULT_TEACHER_TEMPLATE": "rlsd.teacher.prompt",
+    "DEFAULT_TRUNCATION_MARKER": "rlsd.teacher.prompt",
+    "fill_template": "rlsd.teacher.prompt",
+    "teacher_input_ids": "rlsd.teacher.prompt",
+    "teacher_prompt": "rlsd.teacher.prompt",
+    "teacher_prompt_batch": "rlsd.teacher.prompt",
+    "teacher_prompt_ids": "rlsd.teacher.prompt",
+    "SHARED_PREFIX_MAX_ERR": "rlsd.teacher.scoring",
+    "TeacherScorer": "rlsd.teacher.scoring",
+    "shared_prefix_logits": "rlsd.teacher.scoring",
+    "shared_prefix_logps": "rlsd.teacher.scoring",
+    "TEACHER_ADAPTER": "rlsd.teacher.snapshot",
+    "TEACHER_STATE_DIR": "rlsd.teacher.snapshot",
+    "TeacherSnapshot": "rlsd.teacher.snapshot",
+    "TeacherSyncCallback": "rlsd.teacher.snapshot",
+    "cast_lm_head_to_fp32": "rlsd.teacher.snapshot",
+    "is_teacher_parameter": "rlsd.teacher.snapshot",
+    "policy_parameter_name": "rlsd.teacher.snapshot",
+    "skip_teacher_parameters": "rlsd.teacher.snapshot",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _OWNERS:
+        return getattr(importlib.import_module(_OWNERS[name]), name)
+    if name in ("contexts", "prompt", "scoring", "snapshot"):
+        return importlib.import_module(f"rlsd.teacher.{name}")
+    raise AttributeError(f"module 'rlsd.teacher' has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_TEACHER_TEMPLATE",

@@ -13,9 +13,10 @@ fit raises an error naming it by its question, never by its privileged text.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from rlsd.prompts import (
     Prompt,
@@ -206,6 +207,8 @@ def teacher_input_ids(
 
     The last `T` positions line up with the completion exactly as in the student's input, so
     TRL's `logits_to_keep = T` scores the same tokens under both contexts."""
+    import torch
+
     ids, _ = teacher_prompt_ids(
         tokenizer, examples, template, instruction, max_prompt_length, **chat_template_kwargs
     )

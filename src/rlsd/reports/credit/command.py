@@ -4,7 +4,7 @@
 `CreditArguments` holds the options (parsed as every `rlsd` command is, `rlsd.arguments`),
 `run` does the work for them, and `main(argv)` is both. A model
 whose config has a `vision_config` is loaded as a vision-language model with its processor
-(`load_model`); a task with images (`counting_visual`) defaults to the shipped tiny VLM.
+(`rlsd.models.load_model`); a task with images (`counting_visual`) defaults to the shipped tiny VLM.
 """
 
 from __future__ import annotations
@@ -101,53 +101,14 @@ RENAMED = {
 }
 
 
-def load_model(path: str) -> tuple[Any, Any]:
-    """(model, tokenizer or processor) of a local folder, in float32. A config with a
-    `vision_config` is a vision-language model: `AutoProcessor` and
-    `AutoModelForImageTextToText`, or `rlsd.models.tiny_vlm.load` when `AutoProcessor`
-    cannot build its processor. A `UserError` when the folder is missing or unloadable."""
-    import torch
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForImageTextToText,
-        AutoProcessor,
-        AutoTokenizer,
-    )
-
-    from rlsd.data import UserError
-
-    if not Path(path).exists():
-        raise UserError(
-            f"model folder {str(path)!r} does not exist. Give a local model folder "
-            "(nothing is downloaded: rlsd runs offline)."
-        )
-    try:
-        config = AutoConfig.from_pretrained(path)
-        if not hasattr(config, "vision_config"):
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer
-        try:
-            processor = AutoProcessor.from_pretrained(path)
-        except (OSError, ValueError, ImportError):  # e.g. an image processor it cannot pick
-            from rlsd.models import tiny_vlm
-
-            return tiny_vlm.load(path, dtype=torch.float32)
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
-        return model, processor
-    except (OSError, ValueError) as error:  # no weights, tokenizer or config in the folder
-        raise UserError(
-            f"cannot load the model {path!r}: {str(error).splitlines()[0]}. Give a local model "
-            "folder (nothing is downloaded: rlsd runs offline)."
-        ) from error
-
-
 def run(args: CreditArguments) -> dict[str, Any]:
     """Write `args.output_dir`/credit.{html,png,json}, print their paths; returns the paths and
     the summary."""
+    import torch
+
     from rlsd.cli import resolve_task
     from rlsd.data import UserError, read_rows
-    from rlsd.models import resolve_model_path
+    from rlsd.models import load_model, resolve_model_path
     from rlsd.prompts import example_images
     from rlsd.reports.credit.compute import compute_credit, summarize
     from rlsd.reports.credit.page import render_html
@@ -174,7 +135,7 @@ def run(args: CreditArguments) -> dict[str, Any]:
         source = f"{args.task} (eval split)"
     reward_fn = reward_funcs_for(rows, args.reward_funcs[:1])[0]
 
-    model, tokenizer = load_model(model_path)
+    model, tokenizer = load_model(model_path, dtype=torch.float32)
     images = [example_images(row) for row in rows]
     if any(images) and not hasattr(tokenizer, "image_processor"):
         raise UserError(
