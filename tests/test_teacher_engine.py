@@ -514,3 +514,27 @@ def test_qwen2_vl_text_rows_share_their_prefix_exactly():
     shared = shared_prefix_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, 4)
     assert shared is not None
     assert row_max_error(shared, full, completion_mask).max() <= 1e-4
+
+
+def test_teacher_log_probs_never_materialise_the_vocabulary_for_the_batch(tiny_path, tmp_path):
+    """Both teacher paths score through TRL's fused LM head (tiles of positions, only the
+    scored ones): the LM head module never sees the whole `[B, L]` batch, so `[B, L, V]`
+    logits (49k wide on SmolLM2) are never formed for the batch at once."""
+    ids, mask, T = _engine_batch(tiny_path)
+    for shared in (True, False):
+        trainer = make_trainer(tiny_path, tmp_path / str(shared), teacher_shared_prefix=shared)
+        with trainer.teacher.forward_context() as model:
+            head = trainer.accelerator.unwrap_model(model).lm_head
+        rows_seen = []
+        hook = head.register_forward_hook(
+            lambda module, args, out: rows_seen.append(out.shape[:-1].numel())
+        )
+        try:
+            trainer.teacher_logps(ids, mask, T)
+            with torch.no_grad(), trainer.teacher.forward_context() as model:
+                model(input_ids=ids, attention_mask=mask)  # a plain forward, for contrast
+        finally:
+            hook.remove()
+        *teacher, plain = rows_seen
+        assert plain == ids.numel()  # the hook sees a whole-batch projection when there is one
+        assert max(teacher, default=0) < ids.numel(), (shared, teacher)
