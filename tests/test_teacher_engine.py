@@ -262,6 +262,56 @@ def test_sync_at_exactly_every_n_steps_with_skipped_teacher(tiny_path, tmp_path)
     assert all(torch.equal(teacher[n], policy[n]) for n in teacher)  # synced after the last update
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {"steps_per_generation": 2},  # one rollout feeds steps (1, 2), (3, 4)
+        {"num_iterations": 2},  # each rollout is trained on twice: steps (1, 2), (3, 4)
+    ],
+)
+def test_each_step_is_scored_by_the_teacher_its_schedule_names(tiny_path, tmp_path, schedule):
+    """Syncs after step 3, in the middle of the rollout that feeds steps 3 and 4: step 4
+    must be scored by the teacher synced after step 3, not the one that scored the rollout.
+    At every loss, the teacher log-probs used equal a fresh scoring by the current snapshot,
+    and the snapshot's `synced_at` is the schedule's (0 for steps 1-3, 3 for step 4)."""
+    trainer = make_trainer(
+        tiny_path,
+        tmp_path,
+        max_steps=4,
+        per_device_train_batch_size=16,
+        teacher_sync_steps=3,
+        rlsd_lambda_decay_steps=0,  # lambda held: the teacher runs at every step
+        **schedule,
+    )
+    scorer = trainer.teacher_scorer
+    seen = []
+    original = trainer._token_advantages
+
+    def checked(inputs, logps):
+        rows = inputs["rlsd_scored"].nonzero().squeeze(1)
+        T = inputs["completion_ids"].size(1)
+        fresh = scorer.logps(
+            torch.cat([inputs["rlsd_teacher_prompt_ids"][rows], inputs["completion_ids"][rows]], 1),
+            torch.cat(
+                [inputs["rlsd_teacher_prompt_mask"][rows], inputs["completion_mask"][rows]], 1
+            ),
+            T,
+        )
+        used = inputs["rlsd_logp_teacher"][rows]
+        real = inputs["completion_mask"][rows].bool()
+        seen.append((trainer.state.global_step + 1, trainer.teacher.synced_at))
+        assert torch.allclose(used[real], fresh[real], atol=1e-5), seen[-1]
+        return original(inputs, logps)
+
+    trainer._token_advantages = checked
+    trainer.train()
+    assert [synced for step, synced in seen if step == 4] and all(
+        synced == (3 if step == 4 else 0) for step, synced in seen
+    ), seen
+    assert any("rlsd/teacher_rescored" in r for r in trainer.state.log_history)
+
+
 # ------------------------------------------------------------------------------ PEFT teacher
 @pytest.mark.slow
 def test_peft_teacher_is_deterministic_and_keeps_the_policy_mode(tiny_path, tmp_path):
@@ -527,7 +577,7 @@ def test_teacher_log_probs_never_materialise_the_vocabulary_for_the_batch(tiny_p
             head = trainer.accelerator.unwrap_model(model).lm_head
         rows_seen = []
         hook = head.register_forward_hook(
-            lambda module, args, out: rows_seen.append(out.shape[:-1].numel())
+            lambda module, args, out, seen=rows_seen: seen.append(out.shape[:-1].numel())
         )
         try:
             trainer.teacher_logps(ids, mask, T)

@@ -330,6 +330,7 @@ class RLSDTrainer(GRPOTrainer):
             # TRL's loss forward completes A_hat (`_get_per_token_logps_and_entropies` below);
             # a copy, so that the buffered batch keeps A for its next iteration.
             inputs = pending = dict(inputs)
+            self._scorer().rescore_if_synced(inputs)  # a sync since its rollout was scored
         self._loss_handoff = _LossHandoff(pending, inputs.get("old_per_token_logps"))
         try:
             if not args.vocab_distillation:

@@ -290,6 +290,7 @@ class TeacherScorer:
         self.render_kwargs = dict(render_kwargs or {})
         self.prefix_sharing: bool | None = None
         self.full_forward_reason: str | None = None
+        self.last_prompts: tuple[Any, Any, bool] = (None, None, False)
         if not args.teacher_shared_prefix:
             self._use_full("teacher_shared_prefix=False", warn=False)
 
@@ -354,10 +355,12 @@ class TeacherScorer:
         carries the peer texts of `privileged_source="peer"`."""
         positive = [self._positive(inputs[i], contexts, i) for i in rows.tolist()]
         logp_teacher = self.score(positive, rows, output)
+        prompts = [(rows, *self.last_prompts)]
         scored_B = torch.zeros(len(inputs), dtype=torch.bool, device=rows.device)
         scored_B[rows] = True
         out = {"rlsd_logp_teacher": logp_teacher, "rlsd_scored": scored_B}
         if contexts is None or not self.args.estimator.negative_context:
+            self._keep_prompts(out, len(inputs), prompts)
             return out
         # The second pass, on the rows that have a negative context (the same count on every
         # rank: fillers are scored with their positive context and discarded).
@@ -375,10 +378,83 @@ class TeacherScorer:
             computed = self.score(wrong, negative_rows, output)
             keep = has_negative_B[negative_rows]
             logp_wrong[negative_rows[keep]] = computed[negative_rows[keep]]
+            ids, mask, images = self.last_prompts
+            prompts.append((negative_rows[keep], ids[keep], mask[keep], images))
         out["rlsd_logp_teacher_wrong"] = logp_wrong
+        self._keep_prompts(out, len(inputs), prompts)
         elapsed = time.perf_counter() - start
         self.timings["teacher_negative"] = self.timings.get("teacher_negative", 0.0) + elapsed
         return out
+
+    # ------------------------------------------------ the sync schedule across optimiser steps
+    def may_outlive_a_sync(self) -> bool:
+        """Whether a generation batch's teacher log-probs can be used after a sync: the
+        snapshot is refreshed every N > 1 steps and one rollout feeds more than one optimiser
+        step (`steps_per_generation * num_iterations > gradient_accumulation_steps`)."""
+        args = self.args
+        micro_steps = int(args.steps_per_generation or 1) * int(args.num_iterations or 1)
+        return (
+            self.snapshot.kind in ("copy", "adapter")
+            and self.snapshot.sync_steps > 1
+            and micro_steps > args.gradient_accumulation_steps
+        )
+
+    def _keep_prompts(self, out: dict[str, Any], size: int, prompts: list) -> None:
+        """Store the teacher prompts beside their log-probs (`rlsd_teacher_prompt_*`, and
+        `rlsd_teacher_wrong_prompt_*` for the negative pass: the positive prompt where a row
+        has no negative), with the snapshot's `synced_at`, so that a micro-batch trained after
+        a sync is scored again by the teacher the schedule names (`rescore_if_synced`). Only
+        where that can happen (`may_outlive_a_sync`), and only for text rows: image rows keep
+        their generation-time scores."""
+        if not self.may_outlive_a_sync() or any(images for *_, images in prompts):
+            return
+        pad_id = getattr(self.processing_class, "tokenizer", self.processing_class).pad_token_id
+        width = max(ids.size(1) for _, ids, _, _ in prompts)
+        rows0, ids0, mask0, _ = prompts[0]
+        device = ids0.device
+        for name, parts in (("rlsd_teacher", prompts[:1]), ("rlsd_teacher_wrong", prompts)):
+            if name == "rlsd_teacher_wrong" and "rlsd_logp_teacher_wrong" not in out:
+                continue
+            all_ids = torch.full((size, width), pad_id, dtype=ids0.dtype, device=device)
+            all_mask = torch.zeros((size, width), dtype=mask0.dtype, device=device)
+            for rows, ids, mask, _ in parts:  # later parts (the negatives) overwrite
+                all_ids[rows, width - ids.size(1) :] = ids
+                all_mask[rows, width - ids.size(1) :] = mask
+            out[f"{name}_prompt_ids"], out[f"{name}_prompt_mask"] = all_ids, all_mask
+        out["rlsd_teacher_synced_at"] = torch.full(
+            (size,), self.snapshot.synced_at, dtype=torch.long, device=device
+        )
+
+    def rescore_if_synced(self, inputs: dict[str, Any]) -> bool:
+        """Score a micro-batch again with the current teacher when the snapshot was synced
+        after its rollout was scored (the schedule names the teacher of the optimiser step
+        the micro-batch feeds). `inputs` is updated in place; returns whether it was. Every
+        rank decides alike (the snapshot syncs on all of them at the same step)."""
+        stamp = inputs.get("rlsd_teacher_synced_at")
+        if stamp is None or int(stamp[0]) == self.snapshot.synced_at:
+            return False
+        scored = inputs["rlsd_scored"]
+        rows = self.rows_to_score(scored)
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        T = completion_ids.size(1)
+        for name in ("rlsd_teacher", "rlsd_teacher_wrong"):
+            if f"{name}_prompt_ids" not in inputs or len(rows) == 0:
+                continue
+            prompt_ids = inputs[f"{name}_prompt_ids"][rows]
+            prompt_mask = inputs[f"{name}_prompt_mask"][rows]
+            fresh = self.logps(
+                torch.cat([prompt_ids, completion_ids[rows]], dim=1),
+                torch.cat([prompt_mask, completion_mask[rows].to(prompt_mask.dtype)], dim=1),
+                T,
+            )
+            key = name.replace("rlsd_teacher", "rlsd_logp_teacher")
+            logps = inputs[key].clone()
+            keep = scored[rows]
+            logps[rows[keep]] = fresh[keep].to(logps.dtype)
+            inputs[key] = logps
+        inputs["rlsd_teacher_synced_at"] = torch.full_like(stamp, self.snapshot.synced_at)
+        self.log_metric("rlsd/teacher_rescored", 1.0)
+        return True
 
     def rows_to_score(self, needed_B: torch.Tensor) -> torch.Tensor:
         """Rows whose teacher forward can matter. Under several processes every rank scores
@@ -401,8 +477,10 @@ class TeacherScorer:
 
     def score(self, examples: list[dict], rows: torch.Tensor, output: Mapping[str, Any]):
         """`[B, T]` teacher log-probs of `output`'s responses at `rows` under the teacher
-        prompts of `examples` (one per row), zeros elsewhere."""
+        prompts of `examples` (one per row), zeros elsewhere. The prompts are kept
+        (`self.last_prompts`: ids, mask, whether images came with them) for `keep_prompts`."""
         prompt_ids, prompt_mask, images = self.prompts(examples)
+        self.last_prompts = (prompt_ids, prompt_mask, bool(images))
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
         T = completion_ids.size(1)
         logp_teacher = torch.zeros(completion_ids.shape, device=completion_ids.device)
