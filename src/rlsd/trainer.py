@@ -8,7 +8,8 @@ checkpoints and trackers. What this class adds (spec sections 1-6):
    unbiased std + 1e-6; TRL adds 1e-4) from the rewards TRL computed;
 2. at generation time, the teacher's log-probs of the sampled tokens under the privileged
    prompt, from `rlsd.teacher.TeacherScorer` (the one entry into the teacher: its prompts,
-   shared-prefix scoring, the snapshot's weights);
+   shared-prefix scoring, the snapshot's weights), scored again at loss time for a
+   micro-batch trained after a sync inside its rollout;
 3. at loss time, the per-token advantages `A_hat [B, T]` (rlsd; `A_hat = delta` for the
    sampled-token OPSD variant), computed inside TRL's loss right after its forward, from that
    forward's own log-probs (detached) or TRL's old log-probs when it has them, and with the
