@@ -122,6 +122,7 @@ def main() -> None:
     parser.add_argument("--save-steps", type=int, default=0)
     parser.add_argument("--resume", default=None)
     parser.add_argument("--peft", action="store_true")
+    parser.add_argument("--eval", action="store_true", help="held-out evaluation every 2 steps")
     opts = parser.parse_args()
 
     mode_fields = prepare_mode(opts.mode)
@@ -162,6 +163,15 @@ def main() -> None:
         callbacks=[probe],
     )
     probe.trainer = trainer
+    evaluation = None
+    if opts.eval:  # the held-out evaluation of `rlsd train`, on a few problems
+        from rlsd.callbacks import HeldOutEvalCallback
+
+        rows = make_rows(task.problems("eval", 8, 0))
+        evaluation = HeldOutEvalCallback(
+            trainer, rows, get_verifier("exact"), every=2, max_new_tokens=8
+        )
+        trainer.add_callback(evaluation)
     if opts.algorithm == "rlsd":
         probe.batch = fixed_batch(tokenizer, task.teacher_template)
     trainer.train(resume_from_checkpoint=opts.resume)
@@ -180,6 +190,7 @@ def main() -> None:
         "log_history": trainer.state.log_history,
         "teacher": probe.teacher_summary(),
         "teacher_logps": probe.teacher_logps_at,
+        "eval": evaluation.history if evaluation is not None else None,
     }
     if accelerator.is_main_process:
         with open(os.path.join(opts.out, "result.json"), "w") as f:

@@ -69,6 +69,17 @@ def assert_logps_close(a: list, b: list, tol: float = 1e-4) -> None:
     assert worst <= tol, worst
 
 
+@pytest.mark.parametrize("mode", ["fsdp2", "zero3"])
+def test_held_out_evaluation_finishes_under_sharding(mode, tiny_path, tmp_path):
+    """The held-out evaluation generates with the partitioned model: every rank takes part
+    (rank 0 alone would wait forever for the others' shards)."""
+    result = launch(tiny_path, tmp_path, mode, "rlsd", "--steps", "3", "--eval")
+    assert result["world_size"] == 2 and result["distributed_type"] == DISTRIBUTED_TYPE[mode]
+    assert result["steps"] == 3  # training went on after the evaluation at step 2
+    assert [record["step"] for record in result["eval"]] == [0, 2, 3]
+    assert all(0.0 <= record["eval/accuracy"] <= 1.0 for record in result["eval"])
+
+
 @pytest.fixture(scope="module")
 def ddp_grpo(tiny_path, tmp_path_factory):
     return launch(tiny_path, tmp_path_factory.mktemp("ddp-grpo"), "ddp", "grpo", "--steps", "3")

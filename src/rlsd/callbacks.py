@@ -199,7 +199,8 @@ class ConsoleCallback(TrainerCallback):
 
 class HeldOutEvalCallback(TrainerCallback):
     """Held-out accuracy (and pass@k, leak_rate) every `every` steps, before the first step
-    and after the last, logged as `eval/*` metrics. Generation runs on the main process.
+    and after the last, logged as `eval/*` metrics. Generation runs on the main process, or on
+    every process alike where the model is partitioned (DeepSpeed ZeRO-3, FSDP).
 
     A run resumed from a checkpoint at step k takes the evaluations already in its run folder
     as its history, and evaluates at k only if the interrupted run did not (k not a multiple
@@ -230,7 +231,11 @@ class HeldOutEvalCallback(TrainerCallback):
         model = trainer.accelerator.unwrap_model(trainer.model)
         metrics: dict[str, Any] = {}
         self._steps.add(step)
-        if trainer.accelerator.is_main_process:
+        # A partitioned model (ZeRO-3, FSDP) needs every rank in each forward: there, every
+        # rank evaluates the same rows with the same seed (the same samples), and the main
+        # process keeps the numbers; otherwise the main process evaluates alone.
+        sharded = _is_sharded(trainer)
+        if trainer.accelerator.is_main_process or sharded:
             metrics = evaluate(
                 model,
                 trainer.processing_class,
@@ -244,7 +249,10 @@ class HeldOutEvalCallback(TrainerCallback):
                 greedy=self.greedy,
             )
             metrics = {f"eval/{k}": v for k, v in metrics.items() if k != "num_problems"}
-            self.history.append({"step": step, **metrics})
+            if not trainer.accelerator.is_main_process:
+                metrics = {}
+            else:
+                self.history.append({"step": step, **metrics})
         trainer.accelerator.wait_for_everyone()
         return metrics
 
@@ -283,3 +291,18 @@ class HeldOutEvalCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if not self._evaluated(state.global_step):
             self._log(state, self.run(state.global_step))
+
+
+def _is_sharded(trainer) -> bool:
+    """Whether the policy's parameters are partitioned across processes (ZeRO-3 or FSDP), so
+    that a forward is a collective."""
+    if trainer.accelerator.num_processes < 2:
+        return False
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return bool(
+        getattr(trainer, "is_deepspeed_enabled", False)
+        and plugin is not None
+        and plugin.zero_stage == 3
+    )
