@@ -67,6 +67,8 @@ def test_train_for_20_steps_prints_no_metric_dict_and_under_20_kb(tmp_path):
     assert done.returncode == 0, console[-3000:]
     assert len(done.stdout) < 10_000, console  # TRL's dicts made it ~36 KB
     assert "{'loss':" not in console and "'reward':" not in console
+    # no other library's notices: DeepSpeed's CPU fallback, transformers' unused generation flags
+    assert "[WARNING]" not in console and "[transformers]" not in console, console[-3000:]
     assert "20/20" in console and "reward " in console and "held-out " in console
     assert "held-out accuracy (sampled, 32 problems)" in console
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]

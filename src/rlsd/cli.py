@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -670,6 +671,15 @@ def _set_process_defaults() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning)
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() not in ("1", "true"):
+        # accelerate imports DeepSpeed wherever it is installed, and DeepSpeed then prints its
+        # CPU fallback notice to stdout: not a word for a run that does not use DeepSpeed
+        logging.getLogger("DeepSpeed").addFilter(_DropDeepSpeedCpuNotice())
+
+
+class _DropDeepSpeedCpuNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Setting accelerator to CPU")
 
 
 def main(argv: list[str] | None = None) -> int:

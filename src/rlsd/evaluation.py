@@ -23,6 +23,7 @@ import torch
 
 from rlsd.objectives import leak_flags
 from rlsd.prompts import (
+    TOKEN_TYPE_INPUTS,
     completion_text,
     example_images,
     is_conversational,
@@ -85,14 +86,14 @@ def sample_completions(
     `image_inputs`: the processor's image tensors for these prompts (`pixel_values`, ...)."""
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor's own tokenizer
     sampling = temperature > 0
+    # greedy takes no sampling flags (transformers warns about each one given)
+    flags = {"temperature": temperature, "top_p": 1.0, "top_k": 0} if sampling else {}
     generated = model.generate(
         input_ids=input_ids_BP,
         attention_mask=attention_mask_BP,
         max_new_tokens=max_new_tokens,
         do_sample=sampling,
-        temperature=temperature if sampling else None,
-        top_p=1.0,
-        top_k=0,
+        **flags,
         num_return_sequences=num_samples,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -116,7 +117,7 @@ def prompt_batch(
     if images is not None and any(images):
         ids, fields = render_prompts(tokenizer, list(prompts), list(images))
         fields.pop("num_images", None)
-        for key in ("token_type_ids", "mm_token_type_ids"):  # per token: pad like the ids
+        for key in TOKEN_TYPE_INPUTS:  # per token: pad like the ids
             if key in fields:
                 fields[key] = left_pad(fields[key], 0)[0]
     else:
