@@ -155,17 +155,11 @@ def render_prompts(
                 ]
         messages.append(prepared)
     counts = [len(imgs or []) + len(found) for imgs, found in zip(column, inline)]
-    if not any(counts):
-        out = processing_class.apply_chat_template(
-            conversation=messages,
-            tools=tools or None,
-            chat_template=chat_template,
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            **chat_template_kwargs,
+    if not any(counts):  # text-only rows, normalised as TRL normalises them
+        ids = tokenize_prompts(
+            processing_class, messages, tools, chat_template, **chat_template_kwargs
         )
-        return [list(ids) for ids in out["input_ids"]], {}
+        return ids, {}
     out = processing_class.apply_chat_template(
         conversation=messages,
         tools=tools or None,
