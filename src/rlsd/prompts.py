@@ -43,7 +43,7 @@ def is_conversational(prompt: Prompt) -> bool:
 
 def tokenize_prompts(
     tokenizer,
-    prompts: list[Prompt],
+    prompts: Sequence[Prompt],
     tools: list | None = None,
     chat_template: str | None = None,
     **chat_template_kwargs,
@@ -55,7 +55,7 @@ def tokenize_prompts(
         return []
     if is_conversational(prompts[0]):
         out = tokenizer.apply_chat_template(
-            conversation=prompts,
+            conversation=list(prompts),
             tools=tools or None,
             chat_template=chat_template,
             add_generation_prompt=True,
@@ -64,7 +64,7 @@ def tokenize_prompts(
             **chat_template_kwargs,
         )
         return [list(ids) for ids in out["input_ids"]]
-    return [list(ids) for ids in tokenizer(text=prompts)["input_ids"]]
+    return [list(ids) for ids in tokenizer(text=list(prompts))["input_ids"]]
 
 
 def is_processor(processing_class) -> bool:
