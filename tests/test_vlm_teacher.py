@@ -22,7 +22,13 @@ def parity(completions, **kwargs):
     return [float(len(completion_text(c)) % 2) for c in completions]
 
 
-def vlm_trainer(tmp_path, **overrides):
+def odd_answers_only(completions, answer, **kwargs):
+    """Parity rewards for odd answers, 0 for even ones: those groups have A = 0, and a
+    teacher that skips such rows (`rlsd_skip_zero_advantage`) scores only part of a batch."""
+    return [float(len(completion_text(c)) % 2) * (int(a) % 2) for c, a in zip(completions, answer)]
+
+
+def vlm_trainer(tmp_path, reward_funcs=parity, **overrides):
     task = get_task("counting_visual")
     processor = build_processor()
     kwargs = dict(
@@ -44,7 +50,7 @@ def vlm_trainer(tmp_path, **overrides):
     torch.manual_seed(0)
     return RLSDTrainer(
         model=build_model(processor),
-        reward_funcs=parity,
+        reward_funcs=reward_funcs,
         args=RLSDConfig(**kwargs),
         train_dataset=to_dataset(make_rows(task.problems("train", 16, 0))),
         processing_class=processor,
@@ -272,3 +278,74 @@ def test_a_run_on_inline_image_paths_shows_the_teacher_every_image(tmp_path):
     )
     trainer.train()
     assert trainer.state.log_history[0]["rlsd/teacher_images"] == 8.0
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {"steps_per_generation": 2},  # one rollout feeds steps (1, 2), (3, 4)
+        # each rollout trained on twice, a negative pass too; 4 groups a rollout, as above
+        {"num_iterations": 2, "rlsd_estimator": "cepo", "per_device_train_batch_size": 16},
+    ],
+)
+def test_image_rows_are_scored_by_the_teacher_their_schedule_names(tmp_path, schedule):
+    """As tests/test_teacher_engine.py checks for text rows, on a tiny VLM: the sync after
+    step 3 falls inside the rollout that feeds steps 3 and 4. At every loss, the teacher
+    log-probs used (both passes) equal a scoring by the current snapshot of the kept teacher
+    prompts with the micro-batch's own images (at steps 1-3 that is the teacher's own
+    generation-time processing of the images), and step 4's differ from the rollout's."""
+    trainer = vlm_trainer(
+        tmp_path,
+        reward_funcs=odd_answers_only,
+        max_steps=4,
+        teacher_sync_steps=3,
+        rlsd_lambda_decay_steps=0,  # lambda held: the teacher runs at every step
+        rlsd_skip_zero_advantage=True,  # rows the teacher skips keep the student's prompt
+        **schedule,
+    )
+    scorer = trainer.teacher_scorer
+    names = ["rlsd_teacher"] + (["rlsd_teacher_wrong"] if "rlsd_estimator" in schedule else [])
+    keys = [name.replace("teacher", "logp_teacher") for name in names]
+    seen, rescored = [], []
+    original_rescore = scorer.rescore_if_synced
+
+    def rescore(inputs):
+        before = {key: inputs[key] for key in keys}
+        done = original_rescore(inputs)
+        if done:
+            rescored.append((before, inputs))
+        return done
+
+    scorer.rescore_if_synced = rescore
+    original = trainer._token_advantages
+
+    def checked(inputs, logps):
+        scored = inputs["rlsd_scored"]
+        assert "pixel_values" in inputs and "rlsd_teacher_prompt_ids" in inputs
+        images = {k: inputs[k] for k in ("pixel_values", "num_images") if k in inputs}
+        T = inputs["completion_ids"].size(1)
+        for name in names:
+            fresh = scorer.logps(
+                torch.cat([inputs[f"{name}_prompt_ids"], inputs["completion_ids"]], 1),
+                torch.cat([inputs[f"{name}_prompt_mask"], inputs["completion_mask"]], 1),
+                T,
+                images,
+            )
+            real = inputs["completion_mask"].bool() & scored.unsqueeze(1)
+            used = inputs[name.replace("teacher", "logp_teacher")]
+            step = (trainer.state.global_step + 1, trainer.teacher.synced_at, name)
+            assert torch.allclose(used[real], fresh[real], atol=1e-5), step
+        seen.append((trainer.state.global_step + 1, trainer.teacher.synced_at, bool(~scored.all())))
+        return original(inputs, logps)
+
+    trainer._token_advantages = checked
+    trainer.train()
+    assert [s for s, _, _ in seen if s == 4] and all(
+        synced == (3 if step == 4 else 0) for step, synced, _ in seen
+    ), seen
+    assert any(skipped for *_, skipped in seen)  # some rows kept the student's prompt
+    assert rescored and any("rlsd/teacher_rescored" in r for r in trainer.state.log_history)
+    for before, after in rescored:  # the synced teacher judged differently
+        real = after["completion_mask"].bool() & after["rlsd_scored"].unsqueeze(1)
+        for key in keys:
+            assert (before[key] - after[key])[real].abs().max() > 1e-6, key

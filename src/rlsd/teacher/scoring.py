@@ -290,7 +290,7 @@ class TeacherScorer:
         self.render_kwargs = dict(render_kwargs or {})
         self.prefix_sharing: bool | None = None
         self.full_forward_reason: str | None = None
-        self.last_prompts: tuple[Any, Any, bool] = (None, None, False)
+        self.last_prompts: tuple[Any, Any, dict[str, Any]] = (None, None, {})
         if not args.teacher_shared_prefix:
             self._use_full("teacher_shared_prefix=False", warn=False)
 
@@ -360,7 +360,7 @@ class TeacherScorer:
         scored_B[rows] = True
         out = {"rlsd_logp_teacher": logp_teacher, "rlsd_scored": scored_B}
         if contexts is None or not self.args.estimator.negative_context:
-            self._keep_prompts(out, len(inputs), prompts)
+            self._keep_prompts(out, output, prompts)
             return out
         # The second pass, on the rows that have a negative context (the same count on every
         # rank: fillers are scored with their positive context and discarded).
@@ -378,10 +378,11 @@ class TeacherScorer:
             computed = self.score(wrong, negative_rows, output)
             keep = has_negative_B[negative_rows]
             logp_wrong[negative_rows[keep]] = computed[negative_rows[keep]]
-            ids, mask, images = self.last_prompts
-            prompts.append((negative_rows[keep], ids[keep], mask[keep], images))
+            ids, mask, fields = self.last_prompts
+            types = {k: fields[k][keep] for k in TOKEN_TYPE_INPUTS if k in fields}
+            prompts.append((negative_rows[keep], ids[keep], mask[keep], types))
         out["rlsd_logp_teacher_wrong"] = logp_wrong
-        self._keep_prompts(out, len(inputs), prompts)
+        self._keep_prompts(out, output, prompts)
         elapsed = time.perf_counter() - start
         self.timings["teacher_negative"] = self.timings.get("teacher_negative", 0.0) + elapsed
         return out
@@ -399,28 +400,50 @@ class TeacherScorer:
             and micro_steps > args.gradient_accumulation_steps
         )
 
-    def _keep_prompts(self, out: dict[str, Any], size: int, prompts: list) -> None:
+    def _keep_prompts(self, out: dict[str, Any], output: Mapping[str, Any], prompts: list) -> None:
         """Store the teacher prompts beside their log-probs (`rlsd_teacher_prompt_*`, and
         `rlsd_teacher_wrong_prompt_*` for the negative pass: the positive prompt where a row
         has no negative), with the snapshot's `synced_at`, so that a micro-batch trained after
         a sync is scored again by the teacher the schedule names (`rescore_if_synced`). Only
-        where that can happen (`may_outlive_a_sync`), and only for text rows: image rows keep
-        their generation-time scores."""
-        if not self.may_outlive_a_sync() or any(images for *_, images in prompts):
+        where that can happen (`may_outlive_a_sync`). `prompts`: (rows, ids, mask, fields) per
+        pass, `fields` holding the per-token image fields of those prompts. With images, the
+        per-token fields are kept too (`rlsd_teacher_<field>`), and a row the teacher did not
+        score keeps the student's prompt (`output`'s), so that every row's image tokens match
+        the micro-batch's image tensors when it is scored again."""
+        if not self.may_outlive_a_sync():
             return
         pad_id = getattr(self.processing_class, "tokenizer", self.processing_class).pad_token_id
+        with_images = any(output.get(k) is not None for k in IMAGE_INPUTS)
+        student_ids, student_mask = output["prompt_ids"], output["prompt_mask"]
+        size = student_ids.size(0)
         width = max(ids.size(1) for _, ids, _, _ in prompts)
-        rows0, ids0, mask0, _ = prompts[0]
-        device = ids0.device
+        if with_images:
+            width = max(width, student_ids.size(1))
+        device = student_ids.device
+
+        def right_aligned(value: torch.Tensor, fill) -> torch.Tensor:
+            return torch.full((size, width), fill, dtype=value.dtype, device=device)
+
         for name, parts in (("rlsd_teacher", prompts[:1]), ("rlsd_teacher_wrong", prompts)):
             if name == "rlsd_teacher_wrong" and "rlsd_logp_teacher_wrong" not in out:
                 continue
-            all_ids = torch.full((size, width), pad_id, dtype=ids0.dtype, device=device)
-            all_mask = torch.zeros((size, width), dtype=mask0.dtype, device=device)
-            for rows, ids, mask, _ in parts:  # later parts (the negatives) overwrite
-                all_ids[rows, width - ids.size(1) :] = ids
-                all_mask[rows, width - ids.size(1) :] = mask
-            out[f"{name}_prompt_ids"], out[f"{name}_prompt_mask"] = all_ids, all_mask
+            kept = {"prompt_ids": right_aligned(student_ids, pad_id)}
+            kept["prompt_mask"] = right_aligned(student_mask, 0)
+            if with_images:  # the student's prompt, then the teacher's where it scored
+                student = {"prompt_ids": student_ids, "prompt_mask": student_mask}
+                for key in TOKEN_TYPE_INPUTS:
+                    if key in output:
+                        student[key] = output[key]
+                        kept[key] = right_aligned(output[key], 0)
+                for key, value in student.items():
+                    kept[key][:, width - value.size(1) :] = value
+            for rows, ids, mask, fields in parts:  # later parts (the negatives) overwrite
+                for key, value in (("prompt_ids", ids), ("prompt_mask", mask), *fields.items()):
+                    if key in kept:
+                        kept[key][rows] = pad_id if key == "prompt_ids" else 0
+                        kept[key][rows, width - value.size(1) :] = value.to(kept[key].dtype)
+            for key, value in kept.items():
+                out[f"{name}_{key}"] = value
         out["rlsd_teacher_synced_at"] = torch.full(
             (size,), self.snapshot.synced_at, dtype=torch.long, device=device
         )
@@ -429,12 +452,21 @@ class TeacherScorer:
         """Score a micro-batch again with the current teacher when the snapshot was synced
         after its rollout was scored (the schedule names the teacher of the optimiser step
         the micro-batch feeds). `inputs` is updated in place; returns whether it was. Every
-        rank decides alike (the snapshot syncs on all of them at the same step)."""
+        rank decides alike (the snapshot syncs on all of them at the same step). With images,
+        every row of the micro-batch is scored (its image tensors hold every row's images) with
+        the micro-batch's own image tensors, as TRL's loss forward takes them, and only the rows
+        scored before are replaced."""
         stamp = inputs.get("rlsd_teacher_synced_at")
         if stamp is None or int(stamp[0]) == self.snapshot.synced_at:
             return False
         scored = inputs["rlsd_scored"]
-        rows = self.rows_to_score(scored)
+        images = {
+            k: inputs[k]
+            for k in (*IMAGE_INPUTS, "num_images", "num_tiles")
+            if inputs.get(k) is not None
+        }
+        rows = self.rows_to_score(scored) if not images else torch.arange(len(scored))
+        rows = rows.to(scored.device)
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         T = completion_ids.size(1)
         for name in ("rlsd_teacher", "rlsd_teacher_wrong"):
@@ -442,10 +474,12 @@ class TeacherScorer:
                 continue
             prompt_ids = inputs[f"{name}_prompt_ids"][rows]
             prompt_mask = inputs[f"{name}_prompt_mask"][rows]
+            types = {k: inputs[f"{name}_{k}"] for k in TOKEN_TYPE_INPUTS if f"{name}_{k}" in inputs}
             fresh = self.logps(
                 torch.cat([prompt_ids, completion_ids[rows]], dim=1),
                 torch.cat([prompt_mask, completion_mask[rows].to(prompt_mask.dtype)], dim=1),
                 T,
+                {**images, **types} if images else None,
             )
             key = name.replace("rlsd_teacher", "rlsd_logp_teacher")
             logps = inputs[key].clone()
@@ -478,9 +512,9 @@ class TeacherScorer:
     def score(self, examples: list[dict], rows: torch.Tensor, output: Mapping[str, Any]):
         """`[B, T]` teacher log-probs of `output`'s responses at `rows` under the teacher
         prompts of `examples` (one per row), zeros elsewhere. The prompts are kept
-        (`self.last_prompts`: ids, mask, whether images came with them) for `keep_prompts`."""
+        (`self.last_prompts`: ids, mask and their image fields) for `_keep_prompts`."""
         prompt_ids, prompt_mask, images = self.prompts(examples)
-        self.last_prompts = (prompt_ids, prompt_mask, bool(images))
+        self.last_prompts = (prompt_ids, prompt_mask, images or {})
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
         T = completion_ids.size(1)
         logp_teacher = torch.zeros(completion_ids.shape, device=completion_ids.device)
