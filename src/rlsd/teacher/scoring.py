@@ -465,8 +465,9 @@ class TeacherScorer:
             for k in (*IMAGE_INPUTS, "num_images", "num_tiles")
             if inputs.get(k) is not None
         }
-        rows = self.rows_to_score(scored) if not images else torch.arange(len(scored))
-        rows = rows.to(scored.device)
+        rows = self.rows_to_score(scored)  # the same count on every rank
+        if len(rows) and images:  # the image tensors hold every row's images: score them all
+            rows = torch.arange(len(scored), device=scored.device)
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         T = completion_ids.size(1)
         for name in ("rlsd_teacher", "rlsd_teacher_wrong"):
