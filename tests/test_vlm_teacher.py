@@ -16,6 +16,8 @@ from rlsd.teacher import left_pad, scoring, teacher_prompt_batch
 
 pytestmark = pytest.mark.slow
 
+IMAGE_FIELDS = ("pixel_values", "image_grid_thw")  # LLaVA's, and Qwen2-VL's patches' grid
+
 
 def parity(completions, **kwargs):
     """Rewards that split every group (a random model earns no task reward)."""
@@ -28,9 +30,92 @@ def odd_answers_only(completions, answer, **kwargs):
     return [float(len(completion_text(c)) % 2) * (int(a) % 2) for c, a in zip(completions, answer)]
 
 
-def vlm_trainer(tmp_path, reward_funcs=parity, **overrides):
+def qwen2_vl(seed: int = 0):
+    """A tiny Qwen2-VL (M-RoPE, flattened `pixel_values` with `image_grid_thw`,
+    `mm_token_type_ids`), built from configs like the shipped LLaVA: the byte-level tokenizer
+    with Qwen2-VL's vision tokens, a PIL image processor (56-pixel images: 4 image tokens), and
+    the processor without its video part (whose processor needs torchvision)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLProcessor,
+    )
+    from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.processing_utils import ProcessorMixin
+
+    special = ["<|pad|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
+    special += ["<|image_pad|>", "<|video_pad|>"]
+    template = (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for part in message['content'] %}"
+        "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    core = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(special + alphabet)}, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens(special)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        padding_side="left",
+        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+    )
+    tokenizer.chat_template = template
+
+    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token, self.video_token = tokenizer.image_token, tokenizer.video_token
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    processor = ImageOnlyQwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56),
+        tokenizer=tokenizer,
+        chat_template=template,
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]},
+            max_position_embeddings=512,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=None,
+        ),
+        vision_config=dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, patch_size=14),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return processor, Qwen2VLForConditionalGeneration(config)
+
+
+def vlm_trainer(tmp_path, reward_funcs=parity, architecture="llava", **overrides):
     task = get_task("counting_visual")
-    processor = build_processor()
+    torch.manual_seed(0)
+    if architecture == "qwen2_vl":
+        processor, model = qwen2_vl()
+    else:
+        processor = build_processor()
+        model = build_model(processor)
     kwargs = dict(
         output_dir=str(tmp_path),
         per_device_train_batch_size=8,
@@ -47,9 +132,8 @@ def vlm_trainer(tmp_path, reward_funcs=parity, **overrides):
         rlsd_skip_zero_advantage=False,
     )
     kwargs.update(overrides)
-    torch.manual_seed(0)
     return RLSDTrainer(
-        model=build_model(processor),
+        model=model,
         reward_funcs=reward_funcs,
         args=RLSDConfig(**kwargs),
         train_dataset=to_dataset(make_rows(task.problems("train", 16, 0))),
@@ -94,6 +178,8 @@ def _fixed_batch(trainer, rows):
     processor = trainer.processing_class
     ids, _, fields = teacher_prompt_batch(processor, rows, trainer.args.teacher_template)
     prompt_ids, prompt_mask = left_pad(ids, processor.tokenizer.pad_token_id)
+    if "mm_token_type_ids" in fields:  # per token (Qwen2-VL): padded like the ids
+        fields["mm_token_type_ids"] = left_pad(fields["mm_token_type_ids"], 0)[0]
     tokenizer = processor.tokenizer
     answers = [tokenizer(r["privileged_context"])["input_ids"] for r in rows]
     width = max(map(len, answers))
@@ -280,6 +366,7 @@ def test_a_run_on_inline_image_paths_shows_the_teacher_every_image(tmp_path):
     assert trainer.state.log_history[0]["rlsd/teacher_images"] == 8.0
 
 
+@pytest.mark.parametrize("architecture", ["llava", "qwen2_vl"])
 @pytest.mark.parametrize(
     "schedule",
     [
@@ -288,15 +375,19 @@ def test_a_run_on_inline_image_paths_shows_the_teacher_every_image(tmp_path):
         {"num_iterations": 2, "rlsd_estimator": "cepo", "per_device_train_batch_size": 16},
     ],
 )
-def test_image_rows_are_scored_by_the_teacher_their_schedule_names(tmp_path, schedule):
+def test_image_rows_are_scored_by_the_teacher_their_schedule_names(
+    tmp_path, schedule, architecture
+):
     """As tests/test_teacher_engine.py checks for text rows, on a tiny VLM: the sync after
     step 3 falls inside the rollout that feeds steps 3 and 4. At every loss, the teacher
     log-probs used (both passes) equal a scoring by the current snapshot of the kept teacher
     prompts with the micro-batch's own images (at steps 1-3 that is the teacher's own
-    generation-time processing of the images), and step 4's differ from the rollout's."""
+    generation-time processing of the images), and step 4's differ from the rollout's. On
+    Qwen2-VL the micro-batch's images are flattened patches split by `image_grid_thw`."""
     trainer = vlm_trainer(
         tmp_path,
         reward_funcs=odd_answers_only,
+        architecture=architecture,
         max_steps=4,
         teacher_sync_steps=3,
         rlsd_lambda_decay_steps=0,  # lambda held: the teacher runs at every step
@@ -322,14 +413,15 @@ def test_image_rows_are_scored_by_the_teacher_their_schedule_names(tmp_path, sch
     def checked(inputs, logps):
         scored = inputs["rlsd_scored"]
         assert "pixel_values" in inputs and "rlsd_teacher_prompt_ids" in inputs
-        images = {k: inputs[k] for k in ("pixel_values", "num_images") if k in inputs}
+        images = {k: inputs[k] for k in (*IMAGE_FIELDS, "num_images") if k in inputs}
         T = inputs["completion_ids"].size(1)
         for name in names:
+            types = {"mm_token_type_ids": inputs.get(f"{name}_mm_token_type_ids")}
             fresh = scorer.logps(
                 torch.cat([inputs[f"{name}_prompt_ids"], inputs["completion_ids"]], 1),
                 torch.cat([inputs[f"{name}_prompt_mask"], inputs["completion_mask"]], 1),
                 T,
-                images,
+                {**images, **{k: v for k, v in types.items() if v is not None}},
             )
             real = inputs["completion_mask"].bool() & scored.unsqueeze(1)
             used = inputs[name.replace("teacher", "logp_teacher")]
@@ -349,3 +441,31 @@ def test_image_rows_are_scored_by_the_teacher_their_schedule_names(tmp_path, sch
         real = after["completion_mask"].bool() & after["rlsd_scored"].unsqueeze(1)
         for key in keys:
             assert (before[key] - after[key])[real].abs().max() > 1e-6, key
+
+
+@pytest.mark.parametrize("architecture", ["llava", "qwen2_vl"])
+def test_image_rows_score_as_a_plain_forward_of_the_model_does(tmp_path, architecture):
+    """The teacher's log-probs of image rows (the full forward through TRL's batching, M-RoPE
+    positions and `mm_token_type_ids` on Qwen2-VL) equal log-softmax of one plain
+    `model(**processor output)` forward, and change when the image is blanked."""
+    trainer = vlm_trainer(tmp_path, architecture=architecture)
+    rows = make_rows(get_task("counting_visual").problems("eval", 3, 0))
+    ids, mask, T, fields = _fixed_batch(trainer, rows)
+    assert fields["num_images"] == [1, 1, 1]
+    seen = trainer.teacher_logps(ids, mask, T, fields)
+
+    kwargs = {k: v for k, v in fields.items() if k != "num_images"}
+    if "mm_token_type_ids" in kwargs:  # the response positions are text
+        types = kwargs["mm_token_type_ids"]
+        kwargs["mm_token_type_ids"] = torch.cat([types, types.new_zeros((len(types), T))], 1)
+    with torch.no_grad():
+        logits = trainer.model.eval()(input_ids=ids, attention_mask=mask, **kwargs).logits
+    expected = torch.log_softmax(logits[:, -T - 1 : -1].float(), -1)
+    expected = expected.gather(-1, ids[:, -T:, None]).squeeze(-1)
+    real = mask[:, -T:].bool()
+    assert (seen - expected)[real].abs().max() < 1e-4
+
+    blank_rows = [{**r, "image": Image.new("RGB", r["image"].size, "white")} for r in rows]
+    _, _, _, blank = _fixed_batch(trainer, blank_rows)
+    unseen = trainer.teacher_logps(ids, mask, T, blank)
+    assert (seen - unseen)[real].abs().max() > 1e-4  # a different picture, different judgement
