@@ -528,26 +528,10 @@ def test_an_error_in_the_shared_path_falls_back_once(tiny_path, tmp_path, monkey
 def test_qwen2_vl_text_rows_share_their_prefix_exactly():
     """An M-RoPE model (Qwen2-VL, built from a config: no download) on text-only teacher rows,
     ragged left padding included: shared-prefix scoring equals the full forward."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from _qwen2_vl import qwen2_vl_config
+    from transformers import Qwen2VLForConditionalGeneration
 
-    config = Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=128,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]},
-            max_position_embeddings=256,
-            bos_token_id=0,
-            eos_token_id=1,
-        ),
-        vision_config=dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, patch_size=14),
-        image_token_id=120,
-        video_token_id=121,
-        vision_start_token_id=122,
-    )
+    config = qwen2_vl_config(128, 120, 121, 122, bos_token_id=0, eos_token_id=1)
     torch.manual_seed(0)
     model = Qwen2VLForConditionalGeneration(config).eval()
     add_fused_lm_head(model, temperature=1.0)

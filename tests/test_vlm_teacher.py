@@ -4,6 +4,7 @@ images collate, and a text model given images fails early."""
 
 import pytest
 import torch
+from _qwen2_vl import qwen2_vl
 from PIL import Image
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -28,84 +29,6 @@ def odd_answers_only(completions, answer, **kwargs):
     """Parity rewards for odd answers, 0 for even ones: those groups have A = 0, and a
     teacher that skips such rows (`rlsd_skip_zero_advantage`) scores only part of a batch."""
     return [float(len(completion_text(c)) % 2) * (int(a) % 2) for c, a in zip(completions, answer)]
-
-
-def qwen2_vl(seed: int = 0):
-    """A tiny Qwen2-VL (M-RoPE, flattened `pixel_values` with `image_grid_thw`,
-    `mm_token_type_ids`), built from configs like the shipped LLaVA: the byte-level tokenizer
-    with Qwen2-VL's vision tokens, a PIL image processor (56-pixel images: 4 image tokens), and
-    the processor without its video part (whose processor needs torchvision)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import (
-        PreTrainedTokenizerFast,
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLProcessor,
-    )
-    from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
-    from transformers.processing_utils import ProcessorMixin
-
-    special = ["<|pad|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
-    special += ["<|image_pad|>", "<|video_pad|>"]
-    template = (
-        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-        "{% if message['content'] is string %}{{ message['content'] }}"
-        "{% else %}{% for part in message['content'] %}"
-        "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-        "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    core = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(special + alphabet)}, merges=[]))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    core.decoder = decoders.ByteLevel()
-    core.add_special_tokens(special)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        eos_token="<|im_end|>",
-        pad_token="<|pad|>",
-        padding_side="left",
-        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
-    )
-    tokenizer.chat_template = template
-
-    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            self.image_token, self.video_token = tokenizer.image_token, tokenizer.video_token
-            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
-
-    processor = ImageOnlyQwen2VLProcessor(
-        image_processor=Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56),
-        tokenizer=tokenizer,
-        chat_template=template,
-    )
-    ids = tokenizer.convert_tokens_to_ids
-    config = Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]},
-            max_position_embeddings=512,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=None,
-        ),
-        vision_config=dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, patch_size=14),
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    return processor, Qwen2VLForConditionalGeneration(config)
 
 
 def vlm_trainer(tmp_path, reward_funcs=parity, architecture="llava", **overrides):

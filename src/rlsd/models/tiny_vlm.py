@@ -27,6 +27,7 @@ counting_visual` (`rlsd.models.sft.run_vlm_sft`), deterministically from a seed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -60,22 +61,29 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer (a BPE over the 256-byte alphabet with no merges)."""
+def build_tokenizer(
+    special_tokens: Sequence[str] = SPECIAL_TOKENS,
+    extra_special_tokens: Mapping[str, str] | None = None,
+    chat_template: str = CHAT_TEMPLATE,
+) -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer (a BPE over the 256-byte alphabet with no merges), its
+    `special_tokens` first (they must hold `<|pad|>` and `<|im_end|>`, the EOS), and named
+    `extra_special_tokens` (default: `image_token` = `<image>`), as another VLM's processor
+    wants them (the tests build a tiny Qwen2-VL this way)."""
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + sorted(alphabet))}
+    vocab = {token: i for i, token in enumerate([*special_tokens, *sorted(alphabet)])}
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
-    core.add_special_tokens(SPECIAL_TOKENS)
+    core.add_special_tokens(list(special_tokens))
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         eos_token="<|im_end|>",
         pad_token="<|pad|>",
         padding_side="left",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        extra_special_tokens=dict(extra_special_tokens or {"image_token": IMAGE_TOKEN}),
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
     return tokenizer
 
 
