@@ -421,20 +421,20 @@ class TeacherScorer:
             width = max(width, student_ids.size(1))
         device = student_ids.device
 
-        def right_aligned(value: torch.Tensor, fill) -> torch.Tensor:
+        def blank(value: torch.Tensor, fill) -> torch.Tensor:  # [size, width] of `fill`
             return torch.full((size, width), fill, dtype=value.dtype, device=device)
 
         for name, parts in (("rlsd_teacher", prompts[:1]), ("rlsd_teacher_wrong", prompts)):
             if name == "rlsd_teacher_wrong" and "rlsd_logp_teacher_wrong" not in out:
                 continue
-            kept = {"prompt_ids": right_aligned(student_ids, pad_id)}
-            kept["prompt_mask"] = right_aligned(student_mask, 0)
+            kept = {"prompt_ids": blank(student_ids, pad_id)}
+            kept["prompt_mask"] = blank(student_mask, 0)
             if with_images:  # the student's prompt, then the teacher's where it scored
                 student = {"prompt_ids": student_ids, "prompt_mask": student_mask}
                 for key in TOKEN_TYPE_INPUTS:
                     if key in output:
                         student[key] = output[key]
-                        kept[key] = right_aligned(output[key], 0)
+                        kept[key] = blank(output[key], 0)
                 for key, value in student.items():
                     kept[key][:, width - value.size(1) :] = value
             for rows, ids, mask, fields in parts:  # later parts (the negatives) overwrite
